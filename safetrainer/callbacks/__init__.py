@@ -1,0 +1,1 @@
+"""Trainer callbacks (online re-scoring, safety evaluation during training)."""

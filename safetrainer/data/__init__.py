@@ -1,0 +1,17 @@
+"""Data: loading from built-ins, files or the Hub; format detection, row checks and `sample_idx`."""
+
+from .collator import SampleIdxCollator
+from .formats import SAMPLE_IDX, PreparedInput, detect_format, prepare_input, to_prompt_completion
+from .loading import BUILTIN_PREFIX, builtin_names, load_data
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "SAMPLE_IDX",
+    "PreparedInput",
+    "SampleIdxCollator",
+    "builtin_names",
+    "detect_format",
+    "load_data",
+    "prepare_input",
+    "to_prompt_completion",
+]

@@ -1,0 +1,1 @@
+"""Samplers (safety-sample mixing, constant-length samplers for online drops)."""
