@@ -38,7 +38,8 @@ class SafetyAwareSFTConfig(SFTConfig):
     gradient_checkpointing: bool | None = field(
         default=None,
         metadata={
-            "help": "Enable gradient checkpointing. Unset: True with an accelerator, False on a CPU-only machine."
+            "help": "Deprecated alias of `activation_checkpointing` (transformers >= 5.23). When neither is set: True "
+            "with an accelerator, False on a CPU-only machine."
         },
     )
 
@@ -114,8 +115,9 @@ class SafetyAwareSFTConfig(SFTConfig):
             self.bf16 = on_accelerator and not self.fp16
             if not on_accelerator:
                 turned_off.append("bf16")
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = on_accelerator
+        if self.gradient_checkpointing is None and self.activation_checkpointing is None:
+            # transformers >= 5.23 names it activation_checkpointing; gradient_checkpointing mirrors it.
+            self.activation_checkpointing = on_accelerator
             if not on_accelerator:
                 turned_off.append("gradient_checkpointing")
         if turned_off:
