@@ -77,6 +77,7 @@ def _train(argv: list[str]) -> None:
     trainer = _build_trainer(script_args, training_args, model_args, with_peft=True)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()
     if trainer.is_world_process_zero():
         print(f"Model saved to {training_args.output_dir}")
         _print_summary(trainer, training_args.output_dir)

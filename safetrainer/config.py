@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -109,6 +110,10 @@ class SafetyAwareSFTConfig(SFTConfig):
         self._validate_safety_fields()
 
     def _resolve_device_defaults(self) -> None:
+        if not _has_accelerator() and not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Without use_cpu, transformers ignores a gloo process group on a CPU-only machine and every rank would
+            # act as the main process; with it, the ranks train (and score) as one DDP job.
+            self.use_cpu = True
         on_accelerator = _has_accelerator() and not self.use_cpu
         turned_off = []
         if self.bf16 is None:

@@ -3,6 +3,7 @@ sample's fate."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,8 @@ def _as_safety_config(args, model) -> SafetyAwareSFTConfig:
         name = model if isinstance(model, str) else model.config._name_or_path
         return SafetyAwareSFTConfig(f"{name.rstrip('/').split('/')[-1]}-SFT")
     if isinstance(args, TrainingArguments):
-        values = args.to_dict()
-        values["hub_token"] = args.hub_token  # to_dict hides it
-        return SafetyAwareSFTConfig(**values)
+        # Not `to_dict()`: it masks every `*_token` field (hub_token, eos_token, pad_token) with a placeholder.
+        return SafetyAwareSFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
     raise TypeError(f"args must be a SafetyAwareSFTConfig, SFTConfig or TrainingArguments, got {type(args).__name__}.")
 
 

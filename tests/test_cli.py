@@ -1,0 +1,161 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from safetrainer.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def read_report(output_dir):
+    report = output_dir / "safety_report"
+    return pq.read_table(report / "scores.parquet").to_pydict(), json.loads((report / "summary.json").read_text())
+
+
+def test_score_without_config_writes_report_indexed_by_file_row(tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "response": f"Answer number {i}."} for i in range(12)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    main(
+        [
+            "score",
+            "--train-file",
+            str(data),
+            "--model",
+            tiny_model_dir,
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--threshold-policy",
+            "top_k",
+            "--threshold-value",
+            "2",
+        ]
+    )
+    table, summary = read_report(tmp_path / "out")
+    assert table["sample_idx"] == list(range(12))
+    assert table["prompt_preview"][3] == "Question 3?"
+    assert summary["counts"] == {"input": 12, "kept": 10, "dropped": 2, "rejected": 0}
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_train_with_yaml_config_and_overrides(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": tiny_model_dir,
+                "dataset_name": "builtin:demo_sft",
+                "output_dir": str(tmp_path / "out"),
+                "use_peft": True,
+                "lora_r": 4,
+                "lora_alpha": 8,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "max_steps": 50,
+                "per_device_train_batch_size": 4,
+                "max_length": 128,
+                "report_to": "none",
+                "save_strategy": "no",
+                "safety_scorers": ["datashield"],
+                "safety_threshold_value": 0.1,
+            }
+        )
+    )
+    main(["train", "--config", str(config), "--max_steps", "2", "--safety_threshold_value", "0.2"])
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").is_file()
+    _, summary = read_report(out)
+    assert summary["counts"]["dropped"] == 14  # floor(0.2 * 70): the flag overrode the YAML value
+    assert summary["safety_config"]["safety_threshold_value"] == 0.2
+    assert '"dropped": 14' in capsys.readouterr().out
+
+
+def test_unknown_command_and_help(capsys):
+    main([])
+    assert "safetrainer train --config" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command 'fit'"):
+        main(["fit"])
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "safetrainer", "--help"], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0 and "safetrainer score" in out.stdout
+
+
+def accelerate_launch(args, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "safetrainer",
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.multiprocess
+def test_two_process_scoring_matches_one_process(tiny_model_dir, tmp_path):
+    """`--multi_gpu --num_processes 2` starts two gloo processes on a CPU-only machine (`--cpu` would start one)."""
+    common = ["score", "--train-file", "builtin:demo_sft", "--model", tiny_model_dir, "--batch-size", "4"]
+    main([*common, "--output-dir", str(tmp_path / "one")])
+    accelerate_launch([*common, "--output-dir", str(tmp_path / "two")], tmp_path)
+    one, summary_one = read_report(tmp_path / "one")
+    two, summary_two = read_report(tmp_path / "two")
+    assert summary_one["world_size"] == 1 and summary_two["world_size"] == 2
+    np.testing.assert_allclose(one["score_datashield"], two["score_datashield"], rtol=1e-4, atol=1e-5)
+    assert one["decision"] == two["decision"]
+    assert summary_one["scorers"]["datashield"]["layer"] == summary_two["scorers"]["datashield"]["layer"]
+
+
+@pytest.mark.multiprocess
+def test_two_process_training_filters_then_trains_under_ddp(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    accelerate_launch(
+        [
+            "train",
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--dataset_name",
+            "builtin:demo_sft",
+            "--output_dir",
+            str(out),
+            "--max_length",
+            "128",
+            "--per_device_train_batch_size",
+            "4",
+            "--num_train_epochs",
+            "1",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--safety_scorers",
+            "datashield",
+            "--use_peft",
+            "--lora_r",
+            "4",
+        ],
+        tmp_path,
+    )
+    _, summary = read_report(out)
+    assert summary["world_size"] == 2 and summary["counts"]["dropped"] == 7
+    assert (out / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["max_steps"] == state["global_step"] == -(-63 // 8)  # 63 kept rows, 2 ranks x batch 4
