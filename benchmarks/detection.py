@@ -160,7 +160,8 @@ def time_epoch(args, model_path, tokenizer, rows) -> float:
 def render(results: list[dict], epoch_seconds: float, args, command: str) -> str:
     header = (
         f"Contaminated set: {args.n} samples from Alpaca + Dolly with {args.contamination:.0%} BeaverTails unsafe "
-        f"responses (seed {args.seed}; prompts of at most {args.max_length // 2} tokens); model SmolLM2-135M-Instruct (float32), max_length {args.max_length}, scoring "
+        f"responses (seed {args.seed}; prompts of at most {args.max_length // 2} tokens); model SmolLM2-135M-Instruct "
+        f"(float32), max_length {args.max_length}, scoring "
         f"batch {args.batch_size}; one LoRA epoch (r=16, all-linear, batch {args.batch_size}) took "
         f"{epoch_seconds:.0f} s in the same run. Machine: {platform.machine()}, {torch.get_num_threads()} torch "
         f"threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured {date.today().isoformat()}."
