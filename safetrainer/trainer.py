@@ -71,15 +71,17 @@ class SafetyAwareSFTTrainer(SFTTrainer):
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         """Run the safety filter pass (once per trainer), then `SFTTrainer.train`."""
-        if not self._safety_filter_done:
-            self.filter_train_dataset()
+        self.filter_train_dataset()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def filter_train_dataset(self) -> dict[str, Any] | None:
         """Score, decide and drop; write the report. Returns the report summary (None when there is nothing to report).
 
-        Called by `train()`; call it directly to score without training (what `safetrainer score` does).
+        Called by `train()`; call it directly to score without training (what `safetrainer score` does). Runs once
+        per trainer: later calls return the first summary.
         """
+        if self._safety_filter_done:
+            return self.safety_summary
         self._safety_filter_done = True
         args: SafetyAwareSFTConfig = self.args
         if self._safety_input is None or SAMPLE_IDX not in self.train_dataset.column_names:
