@@ -1,6 +1,6 @@
 """The drop-in swap: the same script as a plain TRL SFT run, with two names changed and two safety fields set.
 
-    python examples/dropin_swap.py
+python examples/dropin_swap.py
 """
 
 from peft import LoraConfig

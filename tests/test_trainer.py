@@ -194,12 +194,28 @@ def test_plain_sftconfig_is_accepted(tokenizer, tmp_path):
 
 
 def test_messages_rows_are_scored_before_their_last_assistant_turn(tokenizer, tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
-                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(6)]
-    rows.append({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                              {"role": "user", "content": "Bye"}]})
-    trainer = safety_trainer(tokenizer, tmp_path, rows, safety_scorers="datashield",
-                             safety_threshold_policy="top_k", safety_threshold_value=1, max_steps=1)
+    rows = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(6)
+    ]
+    rows.append(
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"},
+            ]
+        }
+    )
+    trainer = safety_trainer(
+        tokenizer,
+        tmp_path,
+        rows,
+        safety_scorers="datashield",
+        safety_threshold_policy="top_k",
+        safety_threshold_value=1,
+        max_steps=1,
+    )
     summary = trainer.filter_train_dataset()
     assert summary["counts"] == {"input": 7, "kept": 6, "dropped": 1, "rejected": 0}
     table = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
