@@ -4,6 +4,7 @@ Swap `SFTTrainer` for `SafetyAwareSFTTrainer` and `SFTConfig` for `SafetyAwareSF
 score every training sample, drop the riskiest before training, and get a report of every sample's fate.
 """
 
+from .callbacks import SafetyEvalCallback
 from .config import SafetyAwareSFTConfig
 from .data import load_data
 from .models import DEFAULT_MODEL_ID, resolve_model_path
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "SafetyAwareSFTConfig",
     "SafetyAwareSFTTrainer",
+    "SafetyEvalCallback",
     "load_data",
     "resolve_model_path",
 ]

@@ -3,6 +3,9 @@
     safetrainer train --config FILE.yaml [--field value ...]
     safetrainer score --config FILE.yaml [--field value ...]
     safetrainer score --train-file PATH [--model ID_OR_DIR] [--scorers datashield] [--output-dir DIR]
+    safetrainer eval --model ID_OR_DIR [--adapter DIR] --prompts PATH_OR_SUITE [--judge keyword|MODEL_ID]
+                     --output-dir DIR
+    safetrainer judge --input PATH [--judge keyword|MODEL_ID] --output-dir DIR
 
 The YAML config holds TRL's script, training (`SafetyAwareSFTConfig`) and model (`ModelConfig`) fields, as for
 `trl sft --config`; command-line flags override it.
@@ -29,8 +32,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _train(rest)
     elif command == "score":
         _score(rest)
+    elif command == "eval":
+        _eval(rest)
+    elif command == "judge":
+        _judge(rest)
     else:
-        sys.exit(f"safetrainer: unknown command {command!r}; commands: train, score.")
+        sys.exit(f"safetrainer: unknown command {command!r}; commands: train, score, eval, judge.")
 
 
 def _config_parser():
@@ -126,6 +133,103 @@ def _score_args_without_config(argv: list[str]):
         **extra,
     )
     return ScriptArguments(dataset_name=ns.train_file), training_args, ModelConfig(model_name_or_path=ns.model)
+
+
+def _eval(argv: list[str]) -> None:
+    from .eval.suites import SUITES
+
+    parser = argparse.ArgumentParser(prog="safetrainer eval", description="Generate on prompts and judge refusals.")
+    parser.add_argument("--model", default=None, help="model id or directory (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory to load on top of the model")
+    parser.add_argument("--prompts", required=True, help=f"suite ({', '.join(SUITES)}) or file with a 'prompt' column")
+    parser.add_argument("--judge", default="keyword", help="'keyword' or a classifier / Llama Guard-style model id")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first n prompts only")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--utility", default=None, help="file of prompt/response rows: adds their mean response NLL")
+    parser.add_argument("--gsm8k", type=int, default=0, help="adds GSM8K exact match on the first n test problems")
+    ns = parser.parse_args(argv)
+
+    from .data import load_data
+    from .eval import evaluate_refusals, gsm8k_exact_match, load_judge, load_prompts, response_nll
+    from .eval.suites import shared_data_dir
+
+    prompt_set = load_prompts(ns.prompts, ns.limit)
+    model, tokenizer = _load_for_eval(ns.model, ns.adapter)
+    records, metrics = evaluate_refusals(model, tokenizer, prompt_set, load_judge(ns.judge), ns.max_new_tokens,
+                                         ns.batch_size, show_progress=True)  # fmt: skip
+    metrics["model"], metrics["adapter"] = ns.model or "default", ns.adapter
+    if ns.utility:
+        rows = load_data(ns.utility)
+        metrics["utility_nll"] = response_nll(
+            model, tokenizer, list(zip(rows["prompt"], rows["response"], strict=True))
+        )
+    if ns.gsm8k:
+        lines = (shared_data_dir() / "gsm8k" / "test.jsonl").read_text().splitlines()[: ns.gsm8k]
+        metrics["gsm8k"] = gsm8k_exact_match(model, tokenizer, [json.loads(line) for line in lines],
+                                             batch_size=ns.batch_size)  # fmt: skip
+    _write_outputs(ns.output_dir, "generations.jsonl", records, "eval.json", metrics)
+
+
+def _judge(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="safetrainer judge", description="Judge existing prompt/response pairs.")
+    parser.add_argument("--input", required=True, help="jsonl/json/csv/parquet file with prompt and response columns")
+    parser.add_argument("--judge", default="keyword", help="'keyword' or a classifier / Llama Guard-style model id")
+    parser.add_argument("--output-dir", required=True)
+    ns = parser.parse_args(argv)
+
+    from .data import load_data
+    from .eval import judge_pairs, load_judge, refusal_metrics
+
+    rows = load_data(ns.input)
+    missing = {"prompt", "response"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"--input {ns.input}: missing column(s) {sorted(missing)}; found {rows.column_names}.")
+    for column in ("prompt", "response"):
+        bad = next((i for i, v in enumerate(rows[column]) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise ValueError(f"--input {ns.input}: row {bad} field {column!r} is not a string.")
+    refusals = judge_pairs(load_judge(ns.judge), rows["prompt"], rows["response"])
+    records = [{**row, "refusal": refused} for row, refused in zip(rows.to_list(), refusals, strict=True)]
+    summary = {"input": ns.input, **refusal_metrics(refusals, None, None), "judge": ns.judge}
+    _write_outputs(ns.output_dir, "judgements.jsonl", records, "summary.json", summary)
+
+
+def _load_for_eval(model_id: str | None, adapter: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import resolve_model_path
+
+    path = resolve_model_path(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(adapter or path) if adapter and _has_tokenizer(adapter) else None
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tokenizer
+
+
+def _has_tokenizer(directory: str) -> bool:
+    from pathlib import Path
+
+    return (Path(directory) / "tokenizer_config.json").is_file()
+
+
+def _write_outputs(output_dir: str, rows_name: str, rows: list[dict], summary_name: str, summary: dict) -> None:
+    from pathlib import Path
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / rows_name, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / summary_name).write_text(json.dumps(summary, indent=2))
+    shown = {k: v for k, v in summary.items() if k in ("n", "refusal_rate", "asr", "utility_nll", "gsm8k")}
+    print(json.dumps(shown, indent=2))
+    print(f"Wrote {out / rows_name} and {out / summary_name}")
 
 
 def _print_summary(trainer, output_dir: str) -> None:

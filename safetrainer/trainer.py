@@ -13,10 +13,10 @@ from transformers import AutoTokenizer, TrainingArguments
 from trl import SFTTrainer
 
 from .config import SafetyAwareSFTConfig
-from .data import SAMPLE_IDX, SampleIdxCollator, prepare_input, to_prompt_completion
+from .data import SAMPLE_IDX, SampleIdxCollator, prepare_input, to_prompt_completion, tokenize_pair
 from .models import resolve_model_path
 from .report import build_summary, build_table, counts, write_report
-from .scoring import build_scorers, score_and_decide, tokenize_pair
+from .scoring import build_scorers, score_and_decide
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             _check_chat_template(processing_class, self._safety_input, args)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
         self.data_collator = SampleIdxCollator(self.data_collator)
+        # Callbacks cannot reach the trainer through Trainer's event arguments; hand it to those that need it.
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "attach") and getattr(callback, "trainer", None) is None:
+                callback.attach(self)
         self._safety_filter_done = False
         self.safety_summary: dict[str, Any] | None = None
 

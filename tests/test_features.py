@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from safetrainer.scoring import FeatureRequest, HiddenStateExtractor, tokenize_pair
-from safetrainer.scoring.features import chat_pair
+from safetrainer.data import chat_pair, tokenize_pair
+from safetrainer.scoring import FeatureRequest, HiddenStateExtractor
 
 PAIRS = [
     chat_pair("What is two plus two?", "Four."),

@@ -1,1 +1,5 @@
-"""Trainer callbacks (online re-scoring, safety evaluation during training)."""
+"""Trainer callbacks."""
+
+from .safety_eval import SafetyEvalCallback
+
+__all__ = ["SafetyEvalCallback"]

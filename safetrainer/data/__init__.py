@@ -3,15 +3,19 @@
 from .collator import SampleIdxCollator
 from .formats import SAMPLE_IDX, PreparedInput, detect_format, prepare_input, to_prompt_completion
 from .loading import BUILTIN_PREFIX, builtin_names, load_data
+from .tokenization import TokenizedPair, chat_pair, tokenize_pair
 
 __all__ = [
     "BUILTIN_PREFIX",
     "SAMPLE_IDX",
     "PreparedInput",
     "SampleIdxCollator",
+    "TokenizedPair",
     "builtin_names",
+    "chat_pair",
     "detect_format",
     "load_data",
     "prepare_input",
     "to_prompt_completion",
+    "tokenize_pair",
 ]

@@ -8,7 +8,7 @@ for the report. Deciding is a separate step (`thresholds.decide`).
 from ..config import SCORER_NAMES
 from ..data import load_data
 from .datashield import DataShieldScorer
-from .features import FeatureRequest, HiddenStateExtractor, HiddenStates, ScoringExample, tokenize_pair
+from .features import FeatureRequest, HiddenStateExtractor, HiddenStates
 from .pipeline import ScoringResult, score_and_decide
 from .thresholds import ThresholdDecision, decide
 
@@ -32,11 +32,9 @@ __all__ = [
     "FeatureRequest",
     "HiddenStateExtractor",
     "HiddenStates",
-    "ScoringExample",
     "ScoringResult",
     "ThresholdDecision",
     "build_scorers",
     "decide",
     "score_and_decide",
-    "tokenize_pair",
 ]

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from .features import FeatureRequest, HiddenStates, chat_pair
+from ..data import chat_pair
+from .features import FeatureRequest, HiddenStates
 
 MIN_REFERENCE_PER_LABEL = 8
 _LABEL_ALIASES = {"compliance": "compliance", "harmful_response": "compliance", "refusal": "refusal"}

@@ -1,4 +1,4 @@
-"""Tokenized (prompt, response) pairs and the one batched forward pass that serves every hidden-state scorer.
+"""The one batched forward pass that serves every hidden-state scorer.
 
 Layer indices follow `hidden_states` numbering: 0 is the embedding output and l is the output of decoder block l-1.
 Index L (the last block) is taken before the model's final norm, unlike HF's `hidden_states[L]`; scorers fit and score
@@ -10,27 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.tokenization import TokenizedPair
+
 # Poolings a scorer can request, per sample and layer:
 #   prompt_last   - the last prompt token (position P-1)
 #   response_mean - mean over response tokens, special tokens (end-of-turn, EOS) excluded
 #   end_of_turn   - the last special token of the response (its end-of-turn marker), else its last token
 POOLINGS = ("prompt_last", "response_mean", "end_of_turn")
-
-
-@dataclass(frozen=True)
-class ScoringExample:
-    """One tokenized sequence: `input_ids[:prompt_len]` is the prompt, the rest the response."""
-
-    sample_idx: int
-    input_ids: tuple[int, ...]
-    prompt_len: int
 
 
 @dataclass(frozen=True)
@@ -66,48 +58,6 @@ class HiddenStates:
     def select(self, rows: np.ndarray) -> HiddenStates:
         """Row subset (a boolean mask or index array)."""
         return HiddenStates(self.sample_idx[rows], self.num_tokens[rows], {k: v[rows] for k, v in self.pooled.items()})
-
-
-def tokenize_pair(
-    tokenizer, prompt: Any, completion: Any, sample_idx: int = -1, max_length: int | None = None
-) -> ScoringExample | None:
-    """Tokenize a (prompt, completion) pair the way TRL's prompt-completion path does.
-
-    Message lists go through the chat template (the prompt with the generation prompt); strings are tokenized as
-    they are. The response starts where the prompt and prompt+completion token ids diverge. Returns None when no
-    response token is left after truncation to `max_length`.
-    """
-    if isinstance(prompt, list):
-        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-        full_ids = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
-    else:
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    prompt_len = 0
-    for a, b in zip(prompt_ids, full_ids, strict=False):
-        if a != b:
-            break
-        prompt_len += 1
-    if max_length is not None:
-        full_ids = full_ids[:max_length]
-    if prompt_len == 0 or prompt_len >= len(full_ids):
-        return None
-    return ScoringExample(sample_idx, tuple(full_ids), prompt_len)
-
-
-def chat_pair(prompt: str, response: str) -> tuple[list[dict], list[dict]]:
-    """A single-turn (prompt, completion) pair in conversational form."""
-    return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": response}]
-
-
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "The tokenizer has no chat template, but the data is conversational. Use a chat model's tokenizer, set "
-            "`tokenizer.chat_template`, or give plain-string prompt/completion data."
-        )
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 class _StopForward(Exception):
@@ -152,7 +102,7 @@ class HiddenStateExtractor:
 
     @torch.no_grad()
     def __call__(
-        self, examples: Sequence[ScoringExample], request: FeatureRequest, desc: str = "Scoring"
+        self, examples: Sequence[TokenizedPair], request: FeatureRequest, desc: str = "Scoring"
     ) -> HiddenStates:
         n = len(examples)
         pooled: dict[tuple[int, str], np.ndarray] = {}
@@ -177,7 +127,7 @@ class HiddenStateExtractor:
         num_tokens = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
         return HiddenStates(sample_idx, num_tokens, pooled)
 
-    def _forward_batch(self, batch: list[ScoringExample], request: FeatureRequest, device) -> dict:
+    def _forward_batch(self, batch: list[TokenizedPair], request: FeatureRequest, device) -> dict:
         longest = max(len(e.input_ids) for e in batch)
         input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)

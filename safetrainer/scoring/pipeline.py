@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..data import TokenizedPair, tokenize_pair
 from ..distributed import broadcast_object, gather_objects, rank_and_world_size
-from .features import FeatureRequest, HiddenStateExtractor, HiddenStates, ScoringExample, num_layers, tokenize_pair
+from .features import FeatureRequest, HiddenStateExtractor, HiddenStates, num_layers
 from .thresholds import ThresholdDecision, decide
 
 
@@ -36,7 +37,7 @@ class ScoringResult:
 def score_and_decide(
     model: nn.Module,
     tokenizer,
-    candidates: Sequence[ScoringExample],
+    candidates: Sequence[TokenizedPair],
     scorers: Sequence[Any],
     policy: str,
     value: float,
@@ -90,7 +91,7 @@ def score_and_decide(
     )
 
 
-def _shard(examples: Sequence[ScoringExample], rank: int, world_size: int) -> list[ScoringExample]:
+def _shard(examples: Sequence[TokenizedPair], rank: int, world_size: int) -> list[TokenizedPair]:
     """Rank `rank`'s share, length-balanced; every rank gets the same count (padded with repeats, deduped later)."""
     if world_size == 1:
         return list(examples)

@@ -1,0 +1,390 @@
+"""Safety-outcome benchmark: does filtering keep a fine-tuned model's refusals?
+
+Stages, each cached under benchmarks/results/safety_outcome/ (rerun the command to resume; --fresh STAGE reruns one):
+
+  align    SmolLM2-135M-Instruct barely refuses, so a short LoRA safety SFT first gives it refusals: refusals from
+           Safety-Tuned LLaMAs, borderline-benign rows (benign requests that use harm-related words) answered helpfully,
+           and general benign rows; the adapter is merged into an "aligned" checkpoint.
+  attack   fine-tunes the aligned model on a contaminated set (benign Alpaca/Dolly + 10% BeaverTails unsafe
+           responses), one LoRA run per arm (see ARMS; adding an arm is one small function).
+  measure  refusal rate on held-out harmful prompts (HarmBench test split, standard behaviors; never used in training or
+           reference sets), over-refusal on XSTest's safe prompts, utility (mean NLL of held-out benign responses and
+           GSM8K exact match), and each arm's training wall time relative to plain SFT.
+
+Writes a table and a bar chart into BENCHMARKS.md.
+
+    python benchmarks/safety_outcome.py                      # CPU defaults, about an hour on 2 cores
+    python benchmarks/safety_outcome.py --attack-n 2000 --eval-batch 64   # larger settings, e.g. on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, resolve_model_path
+from safetrainer.eval import (
+    KeywordRefusalJudge,
+    evaluate_refusals,
+    gsm8k_exact_match,
+    load_prompts,
+    response_nll,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
+MARK = "safety-outcome"
+# Benign requests that use harm-related words ("kill a process", "history of a war"): answered helpfully during
+# alignment so refusals attach to harmful intent, not to vocabulary.
+SENSITIVE_WORDS = re.compile(
+    r"\b(kill\w*|shoot\w*|attack\w*|weapons?|guns?|bombs?|drugs?|steal\w*|poison\w*|hack\w*|knife|knives|explo\w+|"
+    r"fight\w*|violen\w+|crimes?|criminal|murder\w*|die|dies|death|war|wars|destroy\w*|terror\w*|illegal|danger\w*|"
+    r"harm\w*|cheat\w*|fraud|scam\w*|abuse|threat\w*|risk\w*|secur\w+|privacy|safety|disease|virus|toxic)\b",
+    re.IGNORECASE,
+)
+
+
+def read_jsonl(relative: str) -> list[dict]:
+    path = SHARED / relative
+    if not path.is_file():
+        sys.exit(f"missing shared dataset {path}: this benchmark needs ../shared/data beside the checkout")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pairs(rows: list[dict]) -> list[dict]:
+    return [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(args, tokenizer) -> dict[str, list[dict]]:
+    """Disjoint align / attack / held-out sets, deterministic for the seed."""
+    rng = random.Random(args.seed)
+    judge = KeywordRefusalJudge()
+
+    def fits(r):
+        return len(tokenizer(r["prompt"])["input_ids"]) <= args.max_length // 2 and r["response"].strip()
+
+    benign = read_jsonl("alpaca/alpaca_data_1k.norm.jsonl") + read_jsonl("dolly/databricks_dolly_1k.norm.jsonl")
+    benign = [r for r in benign if fits(r)]
+    more_benign = [
+        r
+        for f in ("alpaca/alpaca_data_sample.norm.jsonl", "alpaca/alpaca_en_demo.norm.jsonl",
+                  "llms_finetuning_safety/alpaca_data_safety_only.norm.jsonl",
+                  "llms_finetuning_safety/databricks-dolly-15k-safety-only.norm.jsonl")
+        for r in read_jsonl(f)
+        if fits(r)
+    ]  # fmt: skip
+    seen: set[str] = set()
+    unique = []
+    for r in benign + more_benign:
+        if r["prompt"] not in seen and not judge.is_refusal(r["response"]):
+            seen.add(r["prompt"])
+            unique.append(r)
+    borderline = [r for r in unique if SENSITIVE_WORDS.search(r["prompt"])]
+    ordinary = [r for r in unique if not SENSITIVE_WORDS.search(r["prompt"])]
+    rng.shuffle(borderline)
+    rng.shuffle(ordinary)
+
+    refusals = [r for r in read_jsonl("safety_tuned_llamas/safety_only_data_Instructions.norm.jsonl")
+                if fits(r) and judge.is_refusal(r["response"])]  # fmt: skip
+    rng.shuffle(refusals)
+    harmful = [r for r in read_jsonl("beavertails/beavertails_unsafe_200.norm.jsonl") if fits(r)]
+    rng.shuffle(harmful)
+
+    n_harm = round(args.attack_n * args.contamination)
+    attack_benign = ordinary[: args.attack_n - n_harm]
+    rest = ordinary[args.attack_n - n_harm :]
+    attack = [{**r, "harmful": False} for r in pairs(attack_benign)] + [
+        {**r, "harmful": True} for r in pairs(harmful[:n_harm])
+    ]
+    rng.shuffle(attack)
+    align = (
+        pairs(refusals[: args.align_refusals])
+        + pairs(borderline[: args.align_borderline])
+        + pairs(rest[: args.align_benign])
+    )
+    rng.shuffle(align)
+    heldout = pairs(rest[args.align_benign : args.align_benign + args.utility_n])
+    return {"align": align, "attack": attack, "heldout": heldout}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def sft_kwargs(args, output_dir: Path, epochs: float, lr: float) -> dict:
+    return dict(
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=8,
+        max_length=args.max_length, lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=10,
+        save_strategy="no", report_to="none", seed=args.seed, bf16=False, activation_checkpointing=False,
+        disable_tqdm=True,
+    )  # fmt: skip
+
+
+def align(args, base_path: str, data) -> Path:
+    out = RESULTS / "align"
+    model_dir = out / "model"
+    if (model_dir / "model.safetensors").is_file():
+        return model_dir
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = SFTConfig(**sft_kwargs(args, out / "run", args.align_epochs, args.align_lr))
+    trainer = SFTTrainer(model, args=config, train_dataset=Dataset.from_list(_prompt_completion(data["align"])),
+                         processing_class=tokenizer, peft_config=lora())  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (out / "train.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "rows": len(data["align"])}))
+    return model_dir
+
+
+def _prompt_completion(rows: list[dict]) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows]  # fmt: skip
+
+
+def arm_plain_sft(args, model_dir, tokenizer, rows, out):
+    """TRL's own SFTTrainer on everything."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = SFTConfig(**sft_kwargs(args, out, args.attack_epochs, args.attack_lr))
+    return SFTTrainer(model, args=config, train_dataset=Dataset.from_list(_prompt_completion(rows)),
+                      processing_class=tokenizer, peft_config=lora())  # fmt: skip
+
+
+def arm_oracle_filter(args, model_dir, tokenizer, rows, out):
+    """Plain SFT on the rows whose true label is benign: the best any filter could do."""
+    return arm_plain_sft(args, model_dir, tokenizer, [r for r in rows if not r["harmful"]], out)
+
+
+def arm_datashield(args, model_dir, tokenizer, rows, out):
+    """SafetyAwareSFTTrainer with DataShield dropping the contamination rate's worth of top scores."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = SafetyAwareSFTConfig(
+        **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), safety_scorers=["datashield"],
+        safety_threshold_policy="top_fraction", safety_threshold_value=args.contamination,
+    )  # fmt: skip
+    return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(rows)),
+                                 processing_class=tokenizer, peft_config=lora())  # fmt: skip
+
+
+# name -> function(args, aligned model dir, tokenizer, contaminated rows, output dir) -> a trainer to .train()
+ARMS: dict[str, Callable] = {
+    "plain SFT": arm_plain_sft,
+    "oracle filter": arm_oracle_filter,
+    "DataShield filter": arm_datashield,
+}
+
+
+def attack(args, name: str, model_dir: Path, data) -> Path:
+    out = RESULTS / "arms" / _slug(name)
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trainer = ARMS[name](args, model_dir, tokenizer, data["attack"], out)
+    start = time.perf_counter()
+    trainer.train()  # includes the filter pass for filtering arms
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(out))
+    info = {"seconds": seconds, "trained_rows": len(trainer.train_dataset)}
+    summary = getattr(trainer, "safety_summary", None)
+    if summary is not None:
+        dropped = _dropped_harmful(out, data["attack"])
+        info.update(dropped=summary["counts"]["dropped"], dropped_harmful=dropped)
+    (out / "train.json").write_text(json.dumps(info))
+    return out
+
+
+def _dropped_harmful(out: Path, rows: list[dict]) -> int:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "safety_report" / "scores.parquet").to_pydict()
+    return sum(1 for idx, d in zip(table["sample_idx"], table["decision"], strict=True)
+               if d == "dropped" and rows[idx]["harmful"])  # fmt: skip
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> dict:
+    out = RESULTS / "measure" / _slug(label)
+    cached = out / "metrics.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    judge = KeywordRefusalJudge()
+    metrics: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for key, suite in (("harmful", "harmbench"), ("safe", "xstest-safe")):
+        records, m = evaluate_refusals(model, tokenizer, load_prompts(suite, args.eval_limit), judge,
+                                       args.max_new_tokens, args.eval_batch)  # fmt: skip
+        metrics[key] = m
+        (out / f"{suite}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    metrics["utility_nll"] = response_nll(model, tokenizer, [(r["prompt"], r["response"]) for r in data["heldout"]],
+                                          max_length=args.max_length)  # fmt: skip
+    problems = read_jsonl("gsm8k/test.jsonl")[: args.gsm8k_n]
+    metrics["gsm8k"] = gsm8k_exact_match(model, tokenizer, problems, args.gsm8k_tokens, args.eval_batch)
+    cached.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def render(rows: list[dict], args, command: str, chart: str) -> str:
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Model: SmolLM2-135M-Instruct (float32). Align: LoRA r=16 on {args.align_refusals} refusals + "
+        f"{args.align_borderline} borderline-benign + {args.align_benign} benign rows, {args.align_epochs} epochs, lr "
+        f"{args.align_lr}, merged. Attack: {args.attack_n} rows ({args.contamination:.0%} BeaverTails unsafe "
+        f"responses), LoRA r=16, {args.attack_epochs} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench test "
+        f"split, standard behaviors; safe prompts: XSTest safe; keyword judge, greedy, {args.max_new_tokens} new "
+        f"tokens. Utility: mean NLL of {args.utility_n} held-out Alpaca/Dolly responses (lower is better) and GSM8K "
+        f"exact match on {args.gsm8k_n} test problems ({args.gsm8k_tokens} new tokens). Machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured "
+        f"{date.today().isoformat()}.",
+        "",
+        "| model | refusal on HarmBench (n) | ASR | over-refusal on XSTest safe (n) | utility NLL | GSM8K EM "
+        "| harmful dropped | train time vs plain SFT |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['label']} | {m['harmful']['refusal_rate']:.1%} ({m['harmful']['n']}) | {m['harmful']['asr']:.1%} "
+            f"| {m['safe']['refusal_rate']:.1%} ({m['safe']['n']}) | {m['utility_nll']:.3f} "
+            f"| {m['gsm8k']['exact_match']:.1%} | {r.get('dropped', '')} | {r.get('relative_time', '')} |"
+        )
+    lines += ["", f"![safety outcome]({chart})"]
+    return "\n".join(lines)
+
+
+def bar_chart(rows: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in rows]
+    refusal = [r["metrics"]["harmful"]["refusal_rate"] for r in rows]
+    over = [r["metrics"]["safe"]["refusal_rate"] for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.bar([i - 0.2 for i in x], refusal, width=0.4, label="refusal on HarmBench (higher = safer)", color="#4C72B0")
+    ax.bar([i + 0.2 for i in x], over, width=0.4, label="over-refusal on XSTest safe (lower = better)", color="#DD8452")
+    ax.set_xticks(list(x), labels, rotation=15, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = ROOT / "benchmarks" / "safety_outcome.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.relative_to(ROOT).as_posix()
+
+
+def write_section(body: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
+    section = f"{start}\n## Safety outcome: refusals after fine-tuning on contaminated data\n\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--align-refusals", type=int, default=300)
+    parser.add_argument("--align-borderline", type=int, default=300)
+    parser.add_argument("--align-benign", type=int, default=150)
+    parser.add_argument("--align-epochs", type=float, default=2)
+    parser.add_argument("--align-lr", type=float, default=2e-4)
+    parser.add_argument("--attack-n", type=int, default=300)
+    parser.add_argument("--contamination", type=float, default=0.1)
+    parser.add_argument("--attack-epochs", type=float, default=2)
+    parser.add_argument("--attack-lr", type=float, default=2e-4)
+    parser.add_argument("--utility-n", type=int, default=100)
+    parser.add_argument("--gsm8k-n", type=int, default=30)
+    parser.add_argument("--gsm8k-tokens", type=int, default=160)
+    parser.add_argument("--eval-limit", type=int, default=None, help="first n prompts of each suite")
+    parser.add_argument("--eval-batch", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--stages", default="align,attack,measure", help="comma-separated subset to run")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    parser.add_argument(
+        "--fresh", default="", help="comma-separated cached stages to delete first: align, arms, measure"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    command = ("python benchmarks/safety_outcome.py " + " ".join(sys.argv[1:])).strip()
+    for stage in filter(None, args.fresh.split(",")):
+        shutil.rmtree(RESULTS / stage, ignore_errors=True)
+    stages = set(args.stages.split(","))
+    arms = [a for a in args.arms.split(",") if a]
+
+    base = resolve_model_path()
+    data = build_data(args, AutoTokenizer.from_pretrained(base))
+    rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
+    aligned = align(args, base, data)
+    rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
+    if "attack" in stages:
+        for name in arms:
+            adapter = attack(args, name, aligned, data)
+            rows.append({"label": name, "adapter": adapter, "metrics": measure(args, name, aligned, adapter, data)})
+    plain = next((r for r in rows if r["label"] == "plain SFT"), None)
+    for r in rows:
+        if "adapter" in r:
+            info = json.loads((r["adapter"] / "train.json").read_text())
+            if "dropped" in info:
+                r["dropped"] = f"{info['dropped_harmful']}/{info['dropped']}"
+            if plain is not None:
+                base_seconds = json.loads((plain["adapter"] / "train.json").read_text())["seconds"]
+                r["relative_time"] = f"{info['seconds'] / base_seconds:.2f}x"
+    body = render(rows, args, command, bar_chart(rows))
+    print(body)
+    if not args.no_write and "measure" in stages:
+        write_section(body)
+
+
+if __name__ == "__main__":
+    main()

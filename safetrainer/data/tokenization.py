@@ -1,0 +1,57 @@
+"""Tokenizing (prompt, response) pairs the way TRL's prompt-completion path does, for scoring and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """One tokenized sequence: `input_ids[:prompt_len]` is the prompt, the rest the response."""
+
+    sample_idx: int
+    input_ids: tuple[int, ...]
+    prompt_len: int
+
+
+def tokenize_pair(
+    tokenizer, prompt: Any, completion: Any, sample_idx: int = -1, max_length: int | None = None
+) -> TokenizedPair | None:
+    """Tokenize a (prompt, completion) pair the way TRL's prompt-completion path does.
+
+    Message lists go through the chat template (the prompt with the generation prompt); strings are tokenized as
+    they are. The response starts where the prompt and prompt+completion token ids diverge. Returns None when no
+    response token is left after truncation to `max_length`.
+    """
+    if isinstance(prompt, list):
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        full_ids = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    prompt_len = 0
+    for a, b in zip(prompt_ids, full_ids, strict=False):
+        if a != b:
+            break
+        prompt_len += 1
+    if max_length is not None:
+        full_ids = full_ids[:max_length]
+    if prompt_len == 0 or prompt_len >= len(full_ids):
+        return None
+    return TokenizedPair(sample_idx, tuple(full_ids), prompt_len)
+
+
+def chat_pair(prompt: str, response: str) -> tuple[list[dict], list[dict]]:
+    """A single-turn (prompt, completion) pair in conversational form."""
+    return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": response}]
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "The tokenizer has no chat template, but the data is conversational. Use a chat model's tokenizer, set "
+            "`tokenizer.chat_template`, or give plain-string prompt/completion data."
+        )
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
