@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_section
 from datasets import Dataset
 from peft import LoraConfig
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -187,22 +188,6 @@ def render(results: list[dict], epoch_seconds: float, args, command: str) -> str
     return "\n".join([f"Command: `{command}`", "", header, "", *lines, "", notes])
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nEvery number here was written by the script named in its section.\n"
-    )
-    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
-    section = f"{start}\n## Detection: DataShield on a contaminated SFT set\n\n{body}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=300, help="samples in the contaminated set")
@@ -246,7 +231,7 @@ def main() -> None:
     body = render(results, epoch_seconds, args, command.strip())
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(MARK, "Detection: DataShield on a contaminated SFT set", body)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _report import write_section
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,6 +57,12 @@ SENSITIVE_WORDS = re.compile(
     r"\b(kill\w*|shoot\w*|attack\w*|weapons?|guns?|bombs?|drugs?|steal\w*|poison\w*|hack\w*|knife|knives|explo\w+|"
     r"fight\w*|violen\w+|crimes?|criminal|murder\w*|die|dies|death|war|wars|destroy\w*|terror\w*|illegal|danger\w*|"
     r"harm\w*|cheat\w*|fraud|scam\w*|abuse|threat\w*|risk\w*|secur\w+|privacy|safety|disease|virus|toxic)\b",
+    re.IGNORECASE,
+)
+# Benign requests phrased as questions ("How can I...", "What is the best way..."): harmful requests are often phrased
+# so, and without these the aligned model refused questions as such.
+QUESTION = re.compile(
+    r"^\s*(how (do|can|should|would|to)|what('s| is| are)|where (can|do|should)|why|can (i|you)|is it|who|when)\b",
     re.IGNORECASE,
 )
 
@@ -100,9 +107,10 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
             seen.add(r["prompt"])
             unique.append(r)
     borderline = [r for r in unique if SENSITIVE_WORDS.search(r["prompt"])]
-    ordinary = [r for r in unique if not SENSITIVE_WORDS.search(r["prompt"])]
-    rng.shuffle(borderline)
-    rng.shuffle(ordinary)
+    questions = [r for r in unique if not SENSITIVE_WORDS.search(r["prompt"]) and QUESTION.search(r["prompt"])]
+    ordinary = [r for r in unique if not SENSITIVE_WORDS.search(r["prompt"]) and not QUESTION.search(r["prompt"])]
+    for group in (borderline, questions, ordinary):
+        rng.shuffle(group)
 
     refusals = [r for r in read_jsonl("safety_tuned_llamas/safety_only_data_Instructions.norm.jsonl")
                 if fits(r) and judge.is_refusal(r["response"])]  # fmt: skip
@@ -120,6 +128,7 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     align = (
         pairs(refusals[: args.align_refusals])
         + pairs(borderline[: args.align_borderline])
+        + pairs(questions[: args.align_questions])
         + pairs(rest[: args.align_benign])
     )
     rng.shuffle(align)
@@ -138,7 +147,7 @@ def lora() -> LoraConfig:
 def sft_kwargs(args, output_dir: Path, epochs: float, lr: float) -> dict:
     return dict(
         output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=8,
-        max_length=args.max_length, lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=10,
+        max_length=args.max_length, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10,
         save_strategy="no", report_to="none", seed=args.seed, bf16=False, activation_checkpointing=False,
         disable_tqdm=True,
     )  # fmt: skip
@@ -270,8 +279,9 @@ def render(rows: list[dict], args, command: str, chart: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Model: SmolLM2-135M-Instruct (float32). Align: LoRA r=16 on {args.align_refusals} refusals + "
-        f"{args.align_borderline} borderline-benign + {args.align_benign} benign rows, {args.align_epochs} epochs, lr "
+        f"Model: SmolLM2-135M-Instruct (float32), max_length {args.max_length}. Align: LoRA r=16 on "
+        f"{args.align_refusals} refusals + {args.align_borderline} borderline-benign + {args.align_questions} benign "
+        f"questions + {args.align_benign} other benign rows, {args.align_epochs} epochs, lr "
         f"{args.align_lr}, merged. Attack: {args.attack_n} rows ({args.contamination:.0%} BeaverTails unsafe "
         f"responses), LoRA r=16, {args.attack_epochs} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench test "
         f"split, standard behaviors; safe prompts: XSTest safe; keyword judge, greedy, {args.max_new_tokens} new "
@@ -318,25 +328,14 @@ def bar_chart(rows: list[dict]) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def write_section(body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
-    section = f"{start}\n## Safety outcome: refusals after fine-tuning on contaminated data\n\n{body}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-length", type=int, default=192)
-    parser.add_argument("--align-refusals", type=int, default=300)
-    parser.add_argument("--align-borderline", type=int, default=300)
-    parser.add_argument("--align-benign", type=int, default=150)
+    parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--align-refusals", type=int, default=200)
+    parser.add_argument("--align-borderline", type=int, default=250)
+    parser.add_argument("--align-questions", type=int, default=250)
+    parser.add_argument("--align-benign", type=int, default=100)
     parser.add_argument("--align-epochs", type=float, default=2)
     parser.add_argument("--align-lr", type=float, default=2e-4)
     parser.add_argument("--attack-n", type=int, default=300)
@@ -383,7 +382,7 @@ def main() -> None:
     body = render(rows, args, command, bar_chart(rows))
     print(body)
     if not args.no_write and "measure" in stages:
-        write_section(body)
+        write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
 
 
 if __name__ == "__main__":

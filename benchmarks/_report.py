@@ -1,0 +1,20 @@
+"""Shared by the benchmark scripts: each owns one marked section of BENCHMARKS.md and rewrites only that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+_HEADER = "# Benchmarks\n\nEvery number here was written by the script named in its section, from a recorded run.\n"
+
+
+def write_section(mark: str, title: str, body: str) -> None:
+    """Replace (or append) the section between `<!-- mark:start -->` and `<!-- mark:end -->`."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else _HEADER
+    start, end = f"<!-- {mark}:start -->", f"<!-- {mark}:end -->"
+    section = f"{start}\n## {title}\n\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    BENCHMARKS_MD.write_text(text)
