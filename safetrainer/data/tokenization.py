@@ -55,3 +55,15 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> l
         )
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def pad_right(batch: list[TokenizedPair], pad_token_id: int):
+    """Right-padded `input_ids` and `attention_mask` tensors [B, longest] for a batch of tokenized pairs."""
+    import torch
+
+    lengths = torch.tensor([len(e.input_ids) for e in batch])
+    input_ids = torch.full((len(batch), int(lengths.max())), pad_token_id, dtype=torch.long)
+    for row, example in enumerate(batch):
+        input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+    attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..data import chat_pair, tokenize_pair
+from ..data.tokenization import pad_right
 from .generation import generate
 from .judge import RefusalJudge, judge_pairs
 from .suites import PromptSet
@@ -86,16 +87,11 @@ def response_nll(
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            longest = max(len(e.input_ids) for e in batch)
-            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            input_ids, attention_mask = pad_right(batch, pad_id)
             labels = torch.full_like(input_ids, -100)
             for row, e in enumerate(batch):
-                input_ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
                 labels[row, e.prompt_len : len(e.input_ids)] = torch.tensor(e.input_ids[e.prompt_len :])
-            attention_mask = (labels != -100) | (
-                torch.arange(longest) < torch.tensor([len(e.input_ids) for e in batch])[:, None]
-            )
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.long().to(device)).logits
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             targets = labels[:, 1:].to(device)
             mask = targets != -100

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.tokenization import TokenizedPair
+from ..data.tokenization import TokenizedPair, pad_right
 
 # Poolings a scorer can request, per sample and layer:
 #   prompt_last   - the last prompt token (position P-1)
@@ -128,12 +128,7 @@ class HiddenStateExtractor:
         return HiddenStates(sample_idx, num_tokens, pooled)
 
     def _forward_batch(self, batch: list[TokenizedPair], request: FeatureRequest, device) -> dict:
-        longest = max(len(e.input_ids) for e in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, example in enumerate(batch):
-            input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
-            attention_mask[row, : len(example.input_ids)] = 1
+        input_ids, attention_mask = pad_right(batch, self.pad_token_id)
         weights = self._pooling_weights(batch, input_ids, attention_mask, request.poolings)
 
         captured: dict[tuple[int, str], np.ndarray] = {}
