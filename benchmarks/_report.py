@@ -18,3 +18,17 @@ def write_section(mark: str, title: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_shared_jsonl(relative: str) -> list[dict]:
+    """Rows of a jsonl file under ../shared/data; exits with a clear message when it is missing."""
+    import json
+    import sys
+
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        sys.exit(f"missing shared dataset {path}: the benchmarks need ../shared/data beside the checkout")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

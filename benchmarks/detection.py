@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 from datasets import Dataset
 from peft import LoraConfig
@@ -31,15 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 MARK = "detection"
-
-
-def read_jsonl(relative: str) -> list[dict]:
-    path = SHARED / relative
-    if not path.is_file():
-        sys.exit(f"missing shared dataset {path}: this benchmark needs ../shared/data beside the checkout")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def contaminated_set(n: int, contamination: float, seed: int, fits) -> tuple[list[dict], np.ndarray]:

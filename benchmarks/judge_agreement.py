@@ -11,25 +11,16 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import date
 from pathlib import Path
 
+from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 
 from safetrainer.eval import GCG_REFUSAL_PREFIXES, KeywordRefusalJudge
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 MARK = "judge-agreement"
-
-
-def read_jsonl(relative: str) -> list[dict]:
-    path = SHARED / relative
-    if not path.is_file():
-        sys.exit(f"missing shared dataset {path}: this benchmark needs ../shared/data beside the checkout")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def xstest_agreement(judge: KeywordRefusalJudge, rows: list[dict]) -> dict:

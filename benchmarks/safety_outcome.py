@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 from datasets import Dataset
 from peft import LoraConfig
@@ -48,7 +49,6 @@ from safetrainer.eval import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
 MARK = "safety-outcome"
 # Benign requests that use harm-related words ("kill a process", "history of a war"): answered helpfully during
@@ -65,13 +65,6 @@ QUESTION = re.compile(
     r"^\s*(how (do|can|should|would|to)|what('s| is| are)|where (can|do|should)|why|can (i|you)|is it|who|when)\b",
     re.IGNORECASE,
 )
-
-
-def read_jsonl(relative: str) -> list[dict]:
-    path = SHARED / relative
-    if not path.is_file():
-        sys.exit(f"missing shared dataset {path}: this benchmark needs ../shared/data beside the checkout")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def pairs(rows: list[dict]) -> list[dict]:
