@@ -145,11 +145,12 @@ class SafetyAwareSFTTrainer(SFTTrainer):
                 "safety_scorers: the scorers compare prompt and response, but this dataset is plain `text` with no "
                 "prompt/response boundary; give messages, prompt/completion, prompt/response or Alpaca rows."
             )
-        source = self._safety_input.dataset
-        position = {idx: pos for pos, idx in enumerate(source[SAMPLE_IDX])}
+        wanted = set(prepared_idx)
         candidates = []
-        for idx in prepared_idx:
-            pair = to_prompt_completion(source[position[idx]])
+        # One sequential pass over the rows: random row access on an Arrow dataset is slow for large sets.
+        for row in self._safety_input.dataset:
+            idx = row[SAMPLE_IDX]
+            pair = to_prompt_completion(row) if idx in wanted else None
             example = None if pair is None else tokenize_pair(self._safety_tokenizer, *pair, idx, self.args.max_length)
             if example is not None:
                 candidates.append(example)
