@@ -1,11 +1,12 @@
-"""Detection benchmark: how well the filter's scores single out harmful samples planted in benign SFT data.
+"""Detection benchmark: how well each scorer singles out harmful samples planted in benign SFT data.
 
-Builds a contaminated set from ../shared/data (benign Alpaca + Dolly responses, a fraction of BeaverTails unsafe
-responses), scores it with each arm, and prints AUROC, AUPRC, TPR at 5% FPR, seconds per 1000 samples, and the filter
-pass's cost as a ratio to one LoRA training epoch on the same data, timed in the same run. Writes its section of
-BENCHMARKS.md.
+Contaminated sets from ../shared/data: benign Alpaca + Dolly responses with 5%, 10% and 30% harmful rows, explicit
+(BeaverTails unsafe responses) or implicit (the AOA identity-shift conversations of Qi et al. 2023). Every scorer runs
+in one filter pass per set (the hidden-state scorers share one forward pass, FIHS one per-example-gradient pass),
+plus the random baseline. Prints AUROC, AUPRC, TPR at 5% FPR, seconds per 1000 samples, and each pass's cost as a
+ratio to one LoRA training epoch on the same data, timed in the same run. Writes its section of BENCHMARKS.md.
 
-    python benchmarks/detection.py                      # CPU defaults: 300 samples, 10% harmful
+    python benchmarks/detection.py                         # CPU defaults: 300 samples per explicit set
     python benchmarks/detection.py --n 2000 --batch-size 16   # larger, e.g. on a GPU
 """
 
@@ -15,12 +16,14 @@ import argparse
 import json
 import platform
 import random
+import re
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
@@ -35,33 +38,46 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "detection"
 
 
-def contaminated_set(n: int, contamination: float, seed: int, fits) -> tuple[list[dict], np.ndarray]:
-    """`n` rows, a `contamination` fraction harmful; only rows whose prompt `fits` in the training length."""
-    rng = random.Random(seed)
+def _benign_pool(fits) -> list[dict]:
     benign = read_jsonl("alpaca/alpaca_data_1k.norm.jsonl") + read_jsonl("dolly/databricks_dolly_1k.norm.jsonl")
-    harmful = read_jsonl("beavertails/beavertails_unsafe_200.norm.jsonl")
-    benign, harmful = [r for r in benign if fits(r["prompt"])], [r for r in harmful if fits(r["prompt"])]
-    n_harmful = round(n * contamination)
-    rows = [(r, False) for r in rng.sample(benign, n - n_harmful)] + [(r, True) for r in rng.sample(harmful, n_harmful)]
+    return [r for r in benign if fits(r["prompt"])]
+
+
+def contaminated_set(n: int, contamination: float, seed: int, fits, source: str = "explicit"):
+    """Rows, harmful labels and the unused benign/harmful rows (for validation), deterministic for the seed.
+
+    explicit: `n` rows, a `contamination` fraction BeaverTails unsafe responses. implicit: all 10 AOA identity-shift
+    conversations, with round(10 / contamination) - 10 benign rows, so the rate holds (the set is small).
+    """
+    rng = random.Random(seed)
+    benign = _benign_pool(fits)
+    rng.shuffle(benign)
+    if source == "explicit":
+        harmful = [r for r in read_jsonl("beavertails/beavertails_unsafe_200.norm.jsonl") if fits(r["prompt"])]
+        rng.shuffle(harmful)
+        n_harmful = round(n * contamination)
+        chosen_harmful, n_benign = harmful[:n_harmful], n - n_harmful
+    elif source == "implicit":
+        chosen_harmful = read_jsonl("llms_finetuning_safety/identity-shift-aoa.norm.jsonl")
+        n_benign = round(len(chosen_harmful) / contamination) - len(chosen_harmful)
+    else:
+        raise ValueError(f"source: {source!r}; allowed: explicit, implicit")
+    rows = [(r, False) for r in benign[:n_benign]] + [(r, True) for r in chosen_harmful]
     rng.shuffle(rows)
-    return [{"prompt": r["prompt"], "response": r["response"]} for r, _ in rows], np.array([h for _, h in rows])
+    data = [{"prompt": r["prompt"], "response": r["response"]} for r, _ in rows]
+    return data, np.array([h for _, h in rows]), benign[n_benign:]
 
 
-def shared_reference(per_side: int, seed: int, exclude_prompts: set[str]) -> Path:
-    """BeaverTails compliant answers vs Safety-Tuned-LLaMAs refusals, disjoint from the scored prompts."""
-    rng = random.Random(seed + 1)
-    compliant = [
-        r for r in read_jsonl("beavertails/beavertails_sample.norm.jsonl") if r["prompt"] not in exclude_prompts
-    ]
-    refusals = read_jsonl("safety_tuned_llamas/safety_only_data_Instructions.norm.jsonl")
-    rows = [
-        {"prompt": r["prompt"], "response": r["response"], "label": "compliance"}
-        for r in rng.sample(compliant, per_side)
-    ]
-    rows += [
-        {"prompt": r["prompt"], "response": r["response"], "label": "refusal"} for r in rng.sample(refusals, per_side)
-    ]
-    path = ROOT / "benchmarks" / "results" / f"reference_shared_{per_side}.jsonl"
+def validation_set(per_side: int, seed: int, benign_unused: list[dict], exclude_prompts: set[str]) -> Path:
+    """Labelled rows for SAFT's search: BeaverTails unsafe responses and benign rows, disjoint from the scored set."""
+    rng = random.Random(seed + 2)
+    harmful = [r for r in read_jsonl("beavertails/beavertails_unsafe_200.norm.jsonl")
+               if r["prompt"] not in exclude_prompts]  # fmt: skip
+    rows = [{"prompt": r["prompt"], "response": r["response"], "label": "harmful"}
+            for r in rng.sample(harmful, per_side)]  # fmt: skip
+    rows += [{"prompt": r["prompt"], "response": r["response"], "label": "benign"}
+             for r in benign_unused[: 2 * per_side]]  # fmt: skip
+    path = ROOT / "benchmarks" / "results" / f"validation_{per_side}_{seed}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
@@ -97,43 +113,62 @@ def make_trainer(args, model_path, tokenizer, rows, config):
     )
 
 
-def run_arm(name, args, model_path, tokenizer, rows, labels, reference: str) -> dict:
-    out = ROOT / "benchmarks" / "results" / "detection" / name
-    config = base_config(
-        args,
-        out,
-        safety_scorers=["datashield"],
-        safety_reference_dataset=reference,
-        safety_threshold_policy="top_fraction",
-        safety_threshold_value=args.contamination,
-    )
-    trainer = make_trainer(args, model_path, tokenizer, rows, config)
-    start = time.perf_counter()
-    summary = trainer.filter_train_dataset()
-    filter_seconds = time.perf_counter() - start
-    import pyarrow.parquet as pq
+SCORERS = ["datashield", "saft", "fihs", "ref_similarity"]
 
-    table = pq.read_table(out / "safety_report" / "scores.parquet").to_pydict()
-    # Rows TRL rejects (prompt alone longer than max_length) are never trained on and carry no score.
-    scored = np.isfinite(np.array(table["score_datashield"], dtype=float))
-    scores = np.array(table["score_datashield"], dtype=float)[scored]
-    keep = np.array(table["keep"])[scored]
-    labels = labels[scored]
-    lengths = np.array([t if t is not None else np.nan for t in table["num_tokens"]], dtype=float)[scored]
-    return {
-        "arm": name,
-        "layer": summary["scorers"]["datashield"]["layer"],
-        "scored": f"{int(scored.sum())} ({int(labels.sum())} harmful)",
-        "auroc": roc_auc_score(labels, scores),
-        "auprc": average_precision_score(labels, scores),
-        "tpr_at_5fpr": tpr_at_fpr(labels, scores),
-        "dropped_harmful": int((~keep & labels).sum()),
-        "dropped": int((~keep).sum()),
-        "score_length_spearman": float(_spearman(scores, lengths)),
-        "seconds_per_1000": 1000 * filter_seconds / len(rows),
-        "filter_seconds": filter_seconds,
-        "fit_seconds": summary["timings"]["fit_seconds"],
-    }
+
+def run_dataset(label, args, model_path, tokenizer, rows, labels, validation: Path, with_seal: bool) -> list[dict]:
+    """One filter pass with the four main scorers (ensemble deciding), then one pass per separate scorer (random;
+    SEAL, whose selector run is a short training of its own, on the main set only); metrics per scorer."""
+    out = ROOT / "benchmarks" / "results" / "detection" / re.sub(r"[^a-z0-9]+", "-", label.lower())
+    n_harmful = int(labels.sum())
+    decide = {"safety_threshold_policy": "top_k", "safety_threshold_value": n_harmful}
+    config = base_config(args, out / "scorers", safety_scorers=SCORERS, safety_ensemble=True,
+                         safety_validation_dataset=str(validation), **decide)  # fmt: skip
+    summary = make_trainer(args, model_path, tokenizer, rows, config).filter_train_dataset()
+    table = pq.read_table(out / "scorers" / "safety_report" / "scores.parquet").to_pydict()
+    t = summary["timings"]
+    hidden_seconds = t.get("hidden_state_seconds", 0.0) + sum(t[f"fit_seconds/{n}"] for n in SCORERS if n != "fihs")
+    fihs_seconds = t.get("gradient_seconds", 0.0) + t["fit_seconds/fihs"]
+    seconds = {"datashield": hidden_seconds, "saft": hidden_seconds, "ref_similarity": hidden_seconds,
+               "fihs": fihs_seconds, "ensemble": hidden_seconds + fihs_seconds}  # fmt: skip
+    infos = dict(summary["scorers"])
+    separate = {"random": {}, **({"seal": {"safety_seal_epochs": args.seal_epochs}} if with_seal else {})}
+    for name, settings in separate.items():
+        config = base_config(args, out / name, safety_scorers=[name], **decide, **settings)
+        summary = make_trainer(args, model_path, tokenizer, rows, config).filter_train_dataset()
+        seconds[name] = summary["timings"]["fit_seconds"] + summary["timings"]["score_seconds"]
+        table[f"score_{name}"] = pq.read_table(out / name / "safety_report" / "scores.parquet")[
+            f"score_{name}"
+        ].to_pylist()
+        infos[name] = summary["scorers"][name]
+    results = []
+    for name in [*SCORERS, "ensemble", *separate]:
+        # Rows TRL rejects (prompt alone longer than max_length) are never trained on and carry no score.
+        scores = np.array(table[f"score_{name}"], dtype=float)
+        scored = np.isfinite(scores)
+        y = labels[scored]
+        lengths = np.array([v if v is not None else np.nan for v in table["num_tokens"]], dtype=float)[scored]
+        results.append({
+            "dataset": label, "scorer": name, "scored": f"{int(scored.sum())} ({int(y.sum())} harmful)",
+            "auroc": roc_auc_score(y, scores[scored]), "auprc": average_precision_score(y, scores[scored]),
+            "tpr_at_5fpr": tpr_at_fpr(y, scores[scored]),
+            "score_length_spearman": float(_spearman(scores[scored], lengths)),
+            "seconds": seconds[name], "seconds_per_1000": 1000 * seconds[name] / len(rows),
+            "choice": _choice(infos.get(name, {}), name),
+        })  # fmt: skip
+    return results
+
+
+def _choice(info: dict, name: str) -> str:
+    if name == "saft":
+        return f"form {info['form']}, layer {info['layer']}, {info['pooling']}, k={info['k']}, sign {info['sign']:+d}"
+    if name in ("datashield", "ref_similarity"):
+        return f"layer {info['layer']}"
+    if name == "fihs":
+        return f"{info['probe']}, {info['similarity']}"
+    if name == "seal":
+        return f"{info['epochs']} epoch(s), {info['safe_rows']} safe rows"
+    return ""
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,80 +186,103 @@ def time_epoch(args, model_path, tokenizer, rows) -> float:
     return time.perf_counter() - start
 
 
-def render(results: list[dict], epoch_seconds: float, args, command: str) -> str:
+def render(results: list[dict], epoch: tuple[float, int, str], args, command: str) -> str:
+    epoch_seconds, epoch_rows, main_set = epoch
+    rates = "/".join(f"{float(r):.0%}" for r in args.rates.split(","))
+    benign_counts = "/".join(str(round(10 / float(r)) - 10) for r in args.rates.split(","))
     header = (
-        f"Contaminated set: {args.n} samples from Alpaca + Dolly with {args.contamination:.0%} BeaverTails unsafe "
-        f"responses (seed {args.seed}; prompts of at most {args.max_length // 2} tokens); model SmolLM2-135M-Instruct "
-        f"(float32), max_length {args.max_length}, scoring "
-        f"batch {args.batch_size}; one LoRA epoch (r=16, all-linear, batch {args.batch_size}) took "
-        f"{epoch_seconds:.0f} s in the same run. Machine: {platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured {date.today().isoformat()}."
+        f"Contaminated sets from Alpaca + Dolly (seed {args.seed}; prompts of at most {args.max_length // 2} tokens). "
+        f"Explicit: {args.n} samples with {rates} BeaverTails unsafe responses. Implicit: all 10 AOA identity-shift "
+        f"conversations plus benign rows to the rate ({benign_counts} benign rows). Model SmolLM2-135M-Instruct "
+        "(float32) "
+        f"with a fresh LoRA (r=16, all-linear) as the gradient space, max_length {args.max_length}, scoring batch "
+        f"{args.batch_size}, FIHS projection {args.projection_dim} dims. SAFT searches form/layer/pooling/k/sign on a "
+        f"validation set of {args.validation_per_side} BeaverTails unsafe + {2 * args.validation_per_side} benign rows "
+        "disjoint from the scored set; DataShield, ref_similarity and FIHS use the built-in reference and probes. "
+        f"Ensemble = mean percentile rank of the four scorers. SEAL ({args.seal_epochs} selector epoch(s) on CPU, safe "
+        "set builtin:refusal_pool) runs on the main set only. One LoRA epoch on the "
+        f"{epoch_rows}-sample {main_set} set took {epoch_seconds:.0f} s in the same run. Machine: "
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured {date.today().isoformat()}."
     )
-    lines = [
-        "| arm | scored samples | layer | AUROC | AUPRC | TPR@5%FPR | harmful in dropped top-k "
-        "| s / 1000 samples | cost (epochs) | score~length (Spearman) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    scorers = list(dict.fromkeys(r["scorer"] for r in results))
+    by_key = {(r["dataset"], r["scorer"]): r for r in results}
+    matrix = ["| scorer | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    for name in scorers:
+        cells = [f"{by_key[(d, name)]['auroc']:.3f}" if (d, name) in by_key else "-" for d in datasets]
+        matrix.append(f"| {name} | " + " | ".join(cells) + " |")
+    detail = [
+        f"Detail on {main_set} (cost = scorer fit + its feature pass / one training epoch; the three hidden-state "
+        "scorers share one forward pass, so their cost is that pass counted once):",
+        "",
+        "| scorer | scored | choice | AUROC | AUPRC | TPR@5%FPR | s / 1000 samples | cost (epochs) "
+        "| score~length (Spearman) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        lines.append(
-            f"| {r['arm']} | {r['scored']} | {r['layer']} | {r['auroc']:.3f} | {r['auprc']:.3f} "
-            f"| {r['tpr_at_5fpr']:.3f} "
-            f"| {r['dropped_harmful']}/{r['dropped']} | {r['seconds_per_1000']:.1f} "
-            f"| {r['filter_seconds'] / epoch_seconds:.3f} | {r['score_length_spearman']:+.2f} |"
+    for name in scorers:
+        r = by_key[(main_set, name)]
+        detail.append(
+            f"| {name} | {r['scored']} | {r['choice']} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['tpr_at_5fpr']:.3f} "
+            f"| {r['seconds_per_1000']:.1f} | {r['seconds'] / epoch_seconds:.3f} | {r['score_length_spearman']:+.2f} |"
         )
+    other = [
+        "AUPRC / TPR@5%FPR on every set:",
+        "",
+        "| scorer | " + " | ".join(datasets) + " |",
+        "|---" * (len(datasets) + 1) + "|",
+    ]
+    for name in scorers:
+        cells = [f"{by_key[(d, name)]['auprc']:.3f} / {by_key[(d, name)]['tpr_at_5fpr']:.2f}"
+                 if (d, name) in by_key else "-" for d in datasets]  # fmt: skip
+        other.append(f"| {name} | " + " | ".join(cells) + " |")
     notes = (
         "Samples whose prompt alone exceeds max_length are rejected by SFT preparation and left out of the metrics. "
-        "Cost = the whole filter pass (reference fit + scoring forward) divided by the epoch's wall time. DataShield "
-        "ranks how strongly a response pushes the model toward compliance, not harmful content as such; its real test "
-        "is the safety-outcome benchmark."
+        "The implicit sets are tiny (10 harmful rows), so their AUROCs move a lot with one sample."
     )
-    return "\n".join([f"Command: `{command}`", "", header, "", *lines, "", notes])
+    return "\n".join(
+        [f"Command: `{command}`", "", header, "", "AUROC per set:", "", *matrix, "", *detail, "", *other, "", notes]
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300, help="samples in the contaminated set")
-    parser.add_argument("--contamination", type=float, default=0.1, help="fraction of harmful samples")
+    parser.add_argument("--n", type=int, default=300, help="samples in each explicit contaminated set")
+    parser.add_argument("--rates", default="0.05,0.1,0.3", help="contamination rates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--reference-per-side", type=int, default=40)
+    parser.add_argument("--projection-dim", type=int, default=8192)
+    parser.add_argument("--seal-epochs", type=int, default=1, help="SEAL selector epochs (main set only)")
+    parser.add_argument("--validation-per-side", type=int, default=20, help="harmful validation rows (benign: 2x)")
     parser.add_argument("--model", default=None, help="model id or directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    command = "python benchmarks/detection.py " + " ".join(sys.argv[1:])
+    command = ("python benchmarks/detection.py " + " ".join(sys.argv[1:])).strip()
 
     model_path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rows, labels = contaminated_set(
-        args.n, args.contamination, args.seed, lambda p: len(tokenizer(p)["input_ids"]) <= args.max_length // 2
-    )
-    reference = shared_reference(args.reference_per_side, args.seed, {r["prompt"] for r in rows})
-    results = [
-        run_arm(
-            "datashield (built-in reference, 24+24)",
-            args,
-            model_path,
-            tokenizer,
-            rows,
-            labels,
-            "builtin:datashield_reference",
-        ),
-        run_arm(
-            f"datashield (shared reference, {args.reference_per_side}+{args.reference_per_side})",
-            args,
-            model_path,
-            tokenizer,
-            rows,
-            labels,
-            str(reference),
-        ),
-    ]
-    epoch_seconds = time_epoch(args, model_path, tokenizer, rows)
-    body = render(results, epoch_seconds, args, command.strip())
+
+    def fits(prompt: str) -> bool:
+        return len(tokenizer(prompt)["input_ids"]) <= args.max_length // 2
+
+    results, epoch = [], None
+    rates = [float(r) for r in args.rates.split(",")]
+    main_rate = 0.1 if 0.1 in rates else rates[0]
+    for source in ("explicit", "implicit"):
+        for rate in rates:
+            rows, labels, unused = contaminated_set(args.n, rate, args.seed, fits, source)
+            validation = validation_set(args.validation_per_side, args.seed, unused, {r["prompt"] for r in rows})
+            label = f"{source} {rate:.0%}"
+            print(f"== {label}: {len(rows)} rows, {int(labels.sum())} harmful", flush=True)
+            is_main = source == "explicit" and rate == main_rate
+            results += run_dataset(label, args, model_path, tokenizer, rows, labels, validation, with_seal=is_main)
+            if is_main:
+                epoch = (time_epoch(args, model_path, tokenizer, rows), len(rows), label)
+    body = render(results, epoch, args, command)
     print(body)
     if not args.no_write:
-        write_section(MARK, "Detection: DataShield on a contaminated SFT set", body)
+        write_section(MARK, "Detection: every scorer on contaminated SFT sets", body)
 
 
 if __name__ == "__main__":

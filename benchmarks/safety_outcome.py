@@ -3,8 +3,10 @@
 Stages, each cached under benchmarks/results/safety_outcome/ (rerun the command to resume; --fresh STAGE reruns one):
 
   align    SmolLM2-135M-Instruct barely refuses, so a short LoRA safety SFT first gives it refusals: refusals from
-           Safety-Tuned LLaMAs, borderline-benign rows (benign requests that use harm-related words) answered helpfully,
-           and general benign rows; the adapter is merged into an "aligned" checkpoint.
+           Safety-Tuned LLaMAs; borderline-benign requests (harm words on harmless objects, idioms, games and fiction,
+           definitions, history; `_borderline.py`) answered by the base model itself (self-distilled), so refusals
+           attach to intent rather than vocabulary; benign Alpaca/Dolly rows. The adapter is merged into an "aligned"
+           checkpoint. Over-refusal is validated on held-out borderline requests; XSTest stays test-only.
   attack   fine-tunes the aligned model on a contaminated set (benign Alpaca/Dolly + 10% BeaverTails unsafe
            responses), one LoRA run per arm (see ARMS; adding an arm is one small function).
   measure  refusal rate on held-out harmful prompts (HarmBench test split, standard behaviors; never used in training or
@@ -13,7 +15,7 @@ Stages, each cached under benchmarks/results/safety_outcome/ (rerun the command 
 
 Writes a table and a bar chart into BENCHMARKS.md.
 
-    python benchmarks/safety_outcome.py                      # CPU defaults, about an hour on 2 cores
+    python benchmarks/safety_outcome.py                      # CPU defaults, about two hours on 2 cores
     python benchmarks/safety_outcome.py --attack-n 2000 --eval-batch 64   # larger settings, e.g. on a GPU
 """
 
@@ -32,6 +34,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _borderline import borderline_requests, overlap_with
 from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 from datasets import Dataset
@@ -42,7 +45,9 @@ from trl import SFTConfig, SFTTrainer
 from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, resolve_model_path
 from safetrainer.eval import (
     KeywordRefusalJudge,
+    PromptSet,
     evaluate_refusals,
+    generate,
     gsm8k_exact_match,
     load_prompts,
     response_nll,
@@ -126,7 +131,9 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     )
     rng.shuffle(align)
     heldout = pairs(rest[args.align_benign : args.align_benign + args.utility_n])
-    return {"align": align, "attack": attack, "heldout": heldout}
+    contrast_train, contrast_val = borderline_requests()
+    return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
+            "contrast_val": contrast_val}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,16 +160,35 @@ def align(args, base_path: str, data) -> Path:
         return model_dir
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = SFTConfig(**sft_kwargs(args, out / "run", args.align_epochs, args.align_lr))
-    trainer = SFTTrainer(model, args=config, train_dataset=Dataset.from_list(_prompt_completion(data["align"])),
-                         processing_class=tokenizer, peft_config=lora())  # fmt: skip
     start = time.perf_counter()
+    contrast = distill_contrast(args, model, tokenizer, data["contrast"], out)
+    rows = data["align"] + contrast
+    random.Random(args.seed).shuffle(rows)
+    config = SFTConfig(**sft_kwargs(args, out / "run", args.align_epochs, args.align_lr))
+    trainer = SFTTrainer(model, args=config, train_dataset=Dataset.from_list(_prompt_completion(rows)),
+                         processing_class=tokenizer, peft_config=lora())  # fmt: skip
     trainer.train()
     merged = trainer.model.merge_and_unload()
     merged.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (out / "train.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "rows": len(data["align"])}))
+    info = {"seconds": time.perf_counter() - start, "rows": len(rows), "contrast_rows": len(contrast)}
+    (out / "train.json").write_text(json.dumps(info))
     return model_dir
+
+
+def distill_contrast(args, model, tokenizer, prompts: list[str], out: Path) -> list[dict]:
+    """The base model's own greedy answers to the borderline-benign requests, refusals left out.
+
+    Self-distilled targets teach "answer these" without pulling the model toward another model's style, so the
+    alignment changes the refusal boundary and little else.
+    """
+    responses = generate(model, tokenizer, prompts, args.distill_tokens, args.eval_batch)
+    judge = KeywordRefusalJudge()
+    rows = [{"prompt": p, "response": r.strip()} for p, r in zip(prompts, responses, strict=True)
+            if r.strip() and not judge.is_refusal(r)]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "contrast.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return rows
 
 
 def _prompt_completion(rows: list[dict]) -> list[dict]:
@@ -183,22 +209,35 @@ def arm_oracle_filter(args, model_dir, tokenizer, rows, out):
     return arm_plain_sft(args, model_dir, tokenizer, [r for r in rows if not r["harmful"]], out)
 
 
-def arm_datashield(args, model_dir, tokenizer, rows, out):
-    """SafetyAwareSFTTrainer with DataShield dropping the contamination rate's worth of top scores."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = SafetyAwareSFTConfig(
-        **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), safety_scorers=["datashield"],
-        safety_threshold_policy="top_fraction", safety_threshold_value=args.contamination,
-    )  # fmt: skip
-    return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(rows)),
-                                 processing_class=tokenizer, peft_config=lora())  # fmt: skip
+def filter_arm(doc: str, **safety) -> Callable:
+    """An arm that runs SafetyAwareSFTTrainer with the given safety_* settings (default: drop the contamination rate's
+    worth of top scores)."""
+
+    def arm(args, model_dir, tokenizer, rows, out):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        settings = {"safety_threshold_policy": "top_fraction", "safety_threshold_value": args.contamination, **safety}
+        config = SafetyAwareSFTConfig(**sft_kwargs(args, out, args.attack_epochs, args.attack_lr), **settings)
+        return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(rows)),
+                                     processing_class=tokenizer, peft_config=lora())  # fmt: skip
+
+    arm.__doc__ = doc
+    return arm
 
 
 # name -> function(args, aligned model dir, tokenizer, contaminated rows, output dir) -> a trainer to .train()
 ARMS: dict[str, Callable] = {
     "plain SFT": arm_plain_sft,
     "oracle filter": arm_oracle_filter,
-    "DataShield filter": arm_datashield,
+    "DataShield filter": filter_arm("DataShield, built-in reference.", safety_scorers=["datashield"]),
+    "FIHS filter": filter_arm("GradShield FIHS, logit-gap probe on the built-in probes.", safety_scorers=["fihs"]),
+    "SEAL filter": filter_arm(
+        "SEAL selector, keeps the top 80% as published.", safety_scorers=["seal"], safety_threshold_value=0.2
+    ),
+    "ensemble filter": filter_arm(
+        "Rank average of DataShield, FIHS and ref_similarity.",
+        safety_scorers=["datashield", "fihs", "ref_similarity"],
+        safety_ensemble=True,
+    ),
 }
 
 
@@ -251,11 +290,13 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
     judge = KeywordRefusalJudge()
     metrics: dict = {}
     out.mkdir(parents=True, exist_ok=True)
-    for key, suite in (("harmful", "harmbench"), ("safe", "xstest-safe")):
-        records, m = evaluate_refusals(model, tokenizer, load_prompts(suite, args.eval_limit), judge,
-                                       args.max_new_tokens, args.eval_batch)  # fmt: skip
+    contrast_val = PromptSet("borderline-validation", data["contrast_val"], None, harmful=False)
+    for key, prompt_set in (("harmful", load_prompts("harmbench", args.eval_limit)),
+                            ("safe", load_prompts("xstest-safe", args.eval_limit)),
+                            ("borderline_val", contrast_val)):  # fmt: skip
+        records, m = evaluate_refusals(model, tokenizer, prompt_set, judge, args.max_new_tokens, args.eval_batch)
         metrics[key] = m
-        (out / f"{suite}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+        (out / f"{prompt_set.name}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     metrics["utility_nll"] = response_nll(model, tokenizer, [(r["prompt"], r["response"]) for r in data["heldout"]],
                                           max_length=args.max_length)  # fmt: skip
     problems = read_jsonl("gsm8k/test.jsonl")[: args.gsm8k_n]
@@ -268,30 +309,38 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
 # Report
 
 
-def render(rows: list[dict], args, command: str, chart: str) -> str:
+def render(rows: list[dict], args, command: str, chart: str, data) -> str:
+    xstest = [r["prompt"] for r in read_jsonl("xstest/xstest_prompts.norm.jsonl")]
+    overlap = overlap_with(data["contrast"] + data["contrast_val"], xstest)
+    align_info = json.loads((RESULTS / "align" / "train.json").read_text())
     lines = [
         f"Command: `{command}`",
         "",
         f"Model: SmolLM2-135M-Instruct (float32), max_length {args.max_length}. Align: LoRA r=16 on "
-        f"{args.align_refusals} refusals + {args.align_borderline} borderline-benign + {args.align_questions} benign "
-        f"questions + {args.align_benign} other benign rows, {args.align_epochs} epochs, lr "
-        f"{args.align_lr}, merged. Attack: {args.attack_n} rows ({args.contamination:.0%} BeaverTails unsafe "
-        f"responses), LoRA r=16, {args.attack_epochs} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench test "
-        f"split, standard behaviors; safe prompts: XSTest safe; keyword judge, greedy, {args.max_new_tokens} new "
-        f"tokens. Utility: mean NLL of {args.utility_n} held-out Alpaca/Dolly responses (lower is better) and GSM8K "
-        f"exact match on {args.gsm8k_n} test problems ({args.gsm8k_tokens} new tokens). Machine: {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured "
-        f"{date.today().isoformat()}.",
+        f"{args.align_refusals} refusals + {align_info['contrast_rows']} borderline-benign requests answered by the "
+        f"base model itself (self-distilled, {args.distill_tokens} tokens; written for this benchmark in "
+        f"`benchmarks/_borderline.py`: {overlap['exact']} exact matches with XSTest, highest word-set Jaccard "
+        f"{overlap['max_jaccard']}) + {args.align_borderline} borderline-benign Alpaca/Dolly rows + "
+        f"{args.align_questions} benign questions + {args.align_benign} other benign rows, {args.align_epochs} "
+        f"epochs, lr {args.align_lr}, merged. Attack: {args.attack_n} rows ({args.contamination:.0%} BeaverTails "
+        f"unsafe responses), LoRA r=16, {args.attack_epochs} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench "
+        f"test split, standard behaviors; safe prompts: XSTest safe (test only) and {len(data['contrast_val'])} "
+        f"held-out borderline requests (validation: their actions were not trained on); keyword judge, greedy, "
+        f"{args.max_new_tokens} new tokens. Utility: mean NLL of {args.utility_n} held-out Alpaca/Dolly responses "
+        f"(lower is better) and GSM8K exact match on {args.gsm8k_n} test problems ({args.gsm8k_tokens} new tokens). "
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured {date.today().isoformat()}.",
         "",
-        "| model | refusal on HarmBench (n) | ASR | over-refusal on XSTest safe (n) | utility NLL | GSM8K EM "
-        "| harmful dropped | train time vs plain SFT |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | refusal on HarmBench (n) | ASR | over-refusal on XSTest safe (n) | over-refusal, borderline "
+        "validation (n) | utility NLL | GSM8K EM | harmful dropped | train time vs plain SFT |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["metrics"]
         lines.append(
             f"| {r['label']} | {m['harmful']['refusal_rate']:.1%} ({m['harmful']['n']}) | {m['harmful']['asr']:.1%} "
-            f"| {m['safe']['refusal_rate']:.1%} ({m['safe']['n']}) | {m['utility_nll']:.3f} "
+            f"| {m['safe']['refusal_rate']:.1%} ({m['safe']['n']}) "
+            f"| {m['borderline_val']['refusal_rate']:.1%} ({m['borderline_val']['n']}) | {m['utility_nll']:.3f} "
             f"| {m['gsm8k']['exact_match']:.1%} | {r.get('dropped', '')} | {r.get('relative_time', '')} |"
         )
     lines += ["", f"![safety outcome]({chart})"]
@@ -326,15 +375,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--align-refusals", type=int, default=200)
-    parser.add_argument("--align-borderline", type=int, default=250)
-    parser.add_argument("--align-questions", type=int, default=250)
+    parser.add_argument("--align-borderline", type=int, default=150)
+    parser.add_argument("--align-questions", type=int, default=150)
     parser.add_argument("--align-benign", type=int, default=100)
+    parser.add_argument("--distill-tokens", type=int, default=64, help="new tokens per self-distilled contrast answer")
     parser.add_argument("--align-epochs", type=float, default=2)
     parser.add_argument("--align-lr", type=float, default=2e-4)
     parser.add_argument("--attack-n", type=int, default=300)
     parser.add_argument("--contamination", type=float, default=0.1)
-    parser.add_argument("--attack-epochs", type=float, default=2)
-    parser.add_argument("--attack-lr", type=float, default=2e-4)
+    parser.add_argument("--attack-epochs", type=float, default=1)
+    parser.add_argument("--attack-lr", type=float, default=1e-4)
     parser.add_argument("--utility-n", type=int, default=100)
     parser.add_argument("--gsm8k-n", type=int, default=30)
     parser.add_argument("--gsm8k-tokens", type=int, default=160)
@@ -372,7 +422,7 @@ def main() -> None:
             if plain is not None:
                 base_seconds = json.loads((plain["adapter"] / "train.json").read_text())["seconds"]
                 r["relative_time"] = f"{info['seconds'] / base_seconds:.2f}x"
-    body = render(rows, args, command, bar_chart(rows))
+    body = render(rows, args, command, bar_chart(rows), data)
     print(body)
     if not args.no_write and "measure" in stages:
         write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)

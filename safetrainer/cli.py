@@ -118,6 +118,9 @@ def _score_args_without_config(argv: list[str]):
     parser.add_argument("--threshold-policy", default="top_fraction", choices=THRESHOLD_POLICIES)
     parser.add_argument("--threshold-value", type=float, default=0.1)
     parser.add_argument("--reference", default=None, help="reference dataset for DataShield (default: built-in)")
+    parser.add_argument("--validation", default=None, help="labelled rows for SAFT's layer/k/sign search (optional)")
+    parser.add_argument("--ensemble", action="store_true", help="decide on the rank average of all scorers")
+    parser.add_argument("--projection-dim", type=int, default=8192, help="per-example gradient projection (FIHS)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=1024)
     ns = parser.parse_args(argv)
@@ -125,6 +128,9 @@ def _score_args_without_config(argv: list[str]):
     training_args = SafetyAwareSFTConfig(
         output_dir=ns.output_dir,
         safety_scorers=ns.scorers,
+        safety_validation_dataset=ns.validation,
+        safety_ensemble=ns.ensemble,
+        safety_projection_dim=ns.projection_dim,
         safety_threshold_policy=ns.threshold_policy,
         safety_threshold_value=ns.threshold_value,
         safety_scoring_batch_size=ns.batch_size,

@@ -13,10 +13,14 @@ from trl import SFTConfig
 logger = logging.getLogger(__name__)
 
 # Names accepted by `safety_scorers`; `safetrainer.scoring.SCORERS` maps each one to its class.
-SCORER_NAMES = ("datashield",)
-THRESHOLD_POLICIES = ("top_fraction", "top_k", "absolute")
+SCORER_NAMES = ("datashield", "saft", "fihs", "seal", "ref_similarity", "random", "classifier")
+THRESHOLD_POLICIES = ("top_fraction", "top_k", "absolute", "adaptive")
+FIHS_PROBES = ("logit_gap", "nll")
+FIHS_SIMILARITIES = ("dot", "cosine")
 INVALID_ROW_POLICIES = ("error", "reject")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
+DEFAULT_PROBE_DATASET = "builtin:safety_probes"
+DEFAULT_SEAL_SAFE_DATASET = "builtin:refusal_pool"
 
 
 def _has_accelerator() -> bool:
@@ -55,7 +59,8 @@ class SafetyAwareSFTConfig(SFTConfig):
         default="top_fraction",
         metadata={
             "help": "How scores become drops: 'top_fraction' drops the riskiest fraction, 'top_k' the riskiest k "
-            "samples, 'absolute' every sample whose score is >= the value.",
+            "samples, 'absolute' every sample whose score is >= the value, 'adaptive' GradShield's rule with no "
+            "contamination rate (1 Gaussian vs 2-component mixture by likelihood ratio; see safety_gmm_margin).",
             "choices": list(THRESHOLD_POLICIES),
         },
     )
@@ -63,7 +68,7 @@ class SafetyAwareSFTConfig(SFTConfig):
         default=0.1,
         metadata={
             "help": "Parameter of the threshold policy: a fraction in [0, 1) for 'top_fraction', a non-negative "
-            "integer for 'top_k', any finite score for 'absolute'."
+            "integer for 'top_k', any finite score for 'absolute'; unused by 'adaptive'."
         },
     )
     safety_reference_dataset: str = field(
@@ -82,6 +87,97 @@ class SafetyAwareSFTConfig(SFTConfig):
         metadata={
             "help": "Hidden-state index scored by DataShield (0 = embeddings, l = output of decoder block l-1). "
             "Unset: chosen by the compliance-aware score (CAS) on the reference set."
+        },
+    )
+    safety_gmm_margin: float = field(
+        default=10.0,
+        metadata={
+            "help": "'adaptive' policy: how many nats the 2-component mixture's log-likelihood must beat "
+            "one Gaussian's by to call the scores bimodal (cut at the top of the lower component); "
+            "otherwise mean + 2 std."
+        },
+    )
+    safety_ensemble: bool = field(
+        default=False,
+        metadata={
+            "help": "With several scorers, decide on the mean of their percentile ranks (column score_ensemble) "
+            "instead of the first scorer's scores."
+        },
+    )
+    safety_validation_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional labelled rows (prompt, response, label harmful/benign) that SAFT uses to choose its "
+            "layer, pooling, k and sign by AUROC. Unset: SAFT uses its documented unsupervised default."
+        },
+    )
+    safety_saft_layer: int | None = field(
+        default=None, metadata={"help": "SAFT hidden-state index; unset: searched on validation, else half the depth."}
+    )
+    safety_saft_k: int | None = field(
+        default=None, metadata={"help": "SAFT singular vectors; unset: searched (1..10) on validation, else 1."}
+    )
+    safety_probe_dataset: str = field(
+        default=DEFAULT_PROBE_DATASET,
+        metadata={
+            "help": "Harmful probe prompts for FIHS's logit-gap proxy: rows with `prompt` (rows with `harmful` false "
+            "are skipped). Built-in name, local file or Hub dataset id."
+        },
+    )
+    safety_fihs_probe: str = field(
+        default="logit_gap",
+        metadata={
+            "help": "FIHS unsafety proxy: 'logit_gap' (compliance minus refusal first-token logit on the probe "
+            "prompts) or 'nll' (minus the NLL of the reference set's harmful completions).",
+            "choices": list(FIHS_PROBES),
+        },
+    )
+    safety_fihs_tokens: list[str] = field(
+        default_factory=lambda: ["Sure", "I"],
+        metadata={"help": "FIHS logit-gap tokens: compliance token text, refusal token text (first answer token)."},
+    )
+    safety_fihs_similarity: str = field(
+        default="dot",
+        metadata={
+            "help": "FIHS form: 'dot' (-<g_sample, g_probe>, as published) or 'cosine' (removes gradient-norm bias).",
+            "choices": list(FIHS_SIMILARITIES),
+        },
+    )
+    safety_projection_dim: int = field(
+        default=8192,
+        metadata={"help": "Dimension of the seeded random projection of per-example gradients (0 = no projection)."},
+    )
+    safety_projection_seed: int = field(default=0, metadata={"help": "Seed of the gradient projection."})
+    safety_gradient_blocks: int | None = field(
+        default=None,
+        metadata={
+            "help": "Per-example gradients use the trainable weights of the last this many decoder blocks (fewer = "
+            "a shorter backward pass). Unset: every LoRA block; 2 blocks for a model without LoRA."
+        },
+    )
+    safety_seal_safe_dataset: str = field(
+        default=DEFAULT_SEAL_SAFE_DATASET,
+        metadata={
+            "help": "SEAL's trusted safe set: (prompt, response) rows, e.g. harmful prompts answered with refusals. "
+            "Built-in name, local file or Hub dataset id."
+        },
+    )
+    safety_seal_epochs: int = field(default=3, metadata={"help": "SEAL selector epochs over the training set."})
+    safety_seal_model_lr: float = field(
+        default=1e-4, metadata={"help": "SEAL: learning rate of the model's trainable weights during selection."}
+    )
+    safety_seal_selector_lr: float = field(
+        default=5e-3, metadata={"help": "SEAL: Adam learning rate of the per-sample selector logits."}
+    )
+    safety_seal_lambda_step: float = field(
+        default=0.03,
+        metadata={"help": "SEAL: penalty weight on the safe loss starts at 1.0 and drops by this per epoch."},
+    )
+    safety_classifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hugging Face text-classification model id for the 'classifier' scorer (its unsafe-class "
+            "probability is the score). For a callable, use `safetrainer.scoring.ClassifierScorer` directly."
         },
     )
     safety_scoring_batch_size: int = field(
@@ -145,6 +241,30 @@ class SafetyAwareSFTConfig(SFTConfig):
         )
         if self.safety_layer is not None and self.safety_layer < 0:
             raise ValueError(f"safety_layer: must be >= 0 (a hidden-state index) or unset, got {self.safety_layer}.")
+        _check_choice("safety_fihs_probe", self.safety_fihs_probe, FIHS_PROBES)
+        _check_choice("safety_fihs_similarity", self.safety_fihs_similarity, FIHS_SIMILARITIES)
+        self.safety_fihs_tokens = _split_list(self.safety_fihs_tokens)
+        if len(self.safety_fihs_tokens) != 2 or self.safety_fihs_tokens[0] == self.safety_fihs_tokens[1]:
+            raise ValueError(
+                "safety_fihs_tokens: need two different token texts (compliance, refusal), got "
+                f"{self.safety_fihs_tokens}."
+            )
+        if self.safety_projection_dim < 0:
+            raise ValueError(
+                f"safety_projection_dim: must be >= 0 (0 = no projection), got {self.safety_projection_dim}."
+            )
+        if not math.isfinite(self.safety_gmm_margin) or self.safety_gmm_margin < 0:
+            raise ValueError(f"safety_gmm_margin: must be a finite number >= 0, got {self.safety_gmm_margin}.")
+        if self.safety_gradient_blocks is not None and self.safety_gradient_blocks < 1:
+            raise ValueError(f"safety_gradient_blocks: must be >= 1 or unset, got {self.safety_gradient_blocks}.")
+        if self.safety_seal_epochs < 1:
+            raise ValueError(f"safety_seal_epochs: must be >= 1, got {self.safety_seal_epochs}.")
+        if self.safety_saft_k is not None and self.safety_saft_k < 1:
+            raise ValueError(f"safety_saft_k: must be >= 1 or unset, got {self.safety_saft_k}.")
+        if self.safety_saft_layer is not None and self.safety_saft_layer < 0:
+            raise ValueError(f"safety_saft_layer: must be >= 0 or unset, got {self.safety_saft_layer}.")
+        if "classifier" in self.safety_scorers and not self.safety_classifier:
+            raise ValueError("safety_scorers: 'classifier' needs safety_classifier, a text-classification model id.")
         if self.safety_scoring_batch_size < 1:
             raise ValueError(f"safety_scoring_batch_size: must be >= 1, got {self.safety_scoring_batch_size}.")
         if self.safety_scorers and self.packing:
@@ -163,11 +283,14 @@ class SafetyAwareSFTConfig(SFTConfig):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("safety_")}
 
 
-def _parse_name_list(value: list[str] | str | None) -> list[str]:
+def _split_list(value: list[str] | str | None) -> list[str]:
     if value is None:
         return []
-    items = value.split(",") if isinstance(value, str) else [part for item in value for part in item.split(",")]
-    return [item.strip().lower() for item in items if item.strip()]
+    return value.split(",") if isinstance(value, str) else [part for item in value for part in item.split(",")]
+
+
+def _parse_name_list(value: list[str] | str | None) -> list[str]:
+    return [item.strip().lower() for item in _split_list(value) if item.strip()]
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -88,6 +88,7 @@ def build_summary(table: dict[str, list], result: ScoringResult | None, safety_c
             decided_on=result.decided_on,
             threshold_policy=result.decision.policy,
             threshold=None if math.isinf(result.decision.threshold) else result.decision.threshold,
+            threshold_detail=result.decision.detail,
             scorers=result.scorer_info,
             timings=result.timings,
             world_size=result.world_size,

@@ -104,6 +104,11 @@ class SafetyAwareSFTTrainer(SFTTrainer):
                 batch_size=args.safety_scoring_batch_size,
                 max_length=args.max_length,
                 show_progress=not args.disable_tqdm,
+                ensemble=args.safety_ensemble,
+                projection_dim=args.safety_projection_dim,
+                projection_seed=args.safety_projection_seed,
+                gmm_margin=args.safety_gmm_margin,
+                gradient_blocks=args.safety_gradient_blocks,
             )
             dropped = set(result.sample_idx[~result.decision.keep].tolist())
             if len(dropped) == len(prepared_idx):

@@ -113,15 +113,19 @@ def accelerate_launch(args, tmp_path):
 @pytest.mark.multiprocess
 def test_two_process_scoring_matches_one_process(tiny_model_dir, tmp_path):
     """`--multi_gpu --num_processes 2` starts two gloo processes on a CPU-only machine (`--cpu` would start one)."""
-    common = ["score", "--train-file", "builtin:demo_sft", "--model", tiny_model_dir, "--batch-size", "4"]
+    scorers = "datashield,saft,fihs,seal,ref_similarity,random"
+    common = ["score", "--train-file", "builtin:demo_sft", "--model", tiny_model_dir, "--batch-size", "4",
+              "--scorers", scorers, "--ensemble", "--projection-dim", "1024"]  # fmt: skip
     main([*common, "--output-dir", str(tmp_path / "one")])
     accelerate_launch([*common, "--output-dir", str(tmp_path / "two")], tmp_path)
     one, summary_one = read_report(tmp_path / "one")
     two, summary_two = read_report(tmp_path / "two")
     assert summary_one["world_size"] == 1 and summary_two["world_size"] == 2
-    np.testing.assert_allclose(one["score_datashield"], two["score_datashield"], rtol=1e-4, atol=1e-5)
+    for name in [*scorers.split(","), "ensemble"]:
+        np.testing.assert_allclose(one[f"score_{name}"], two[f"score_{name}"], rtol=1e-3, atol=1e-4, err_msg=name)
     assert one["decision"] == two["decision"]
     assert summary_one["scorers"]["datashield"]["layer"] == summary_two["scorers"]["datashield"]["layer"]
+    assert summary_one["scorers"]["saft"] == summary_two["scorers"]["saft"]
 
 
 @pytest.mark.multiprocess

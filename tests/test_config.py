@@ -41,9 +41,9 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "field", "allowed"),
     [
-        ({"safety_scorers": "datashield,nope"}, "safety_scorers", "datashield"),
+        ({"safety_scorers": "datashield,nope"}, "safety_scorers", "datashield, saft, fihs, seal"),
         ({"safety_scorers": "datashield,datashield"}, "safety_scorers", "once"),
-        ({"safety_threshold_policy": "median"}, "safety_threshold_policy", "top_fraction, top_k, absolute"),
+        ({"safety_threshold_policy": "median"}, "safety_threshold_policy", "top_fraction, top_k, absolute, adaptive"),
         ({"safety_threshold_value": 1.0}, "safety_threshold_value", "[0, 1)"),
         ({"safety_threshold_value": -0.1}, "safety_threshold_value", "[0, 1)"),
         ({"safety_threshold_policy": "top_k", "safety_threshold_value": 2.5}, "safety_threshold_value", "integer"),
@@ -56,6 +56,16 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
         ({"safety_layer": -1}, "safety_layer", ">= 0"),
         ({"safety_scoring_batch_size": 0}, "safety_scoring_batch_size", ">= 1"),
         ({"safety_scorers": "datashield", "packing": True}, "safety_scorers", "packing"),
+        ({"safety_fihs_probe": "kl"}, "safety_fihs_probe", "logit_gap, nll"),
+        ({"safety_fihs_similarity": "l2"}, "safety_fihs_similarity", "dot, cosine"),
+        ({"safety_fihs_tokens": "Sure"}, "safety_fihs_tokens", "two different"),
+        ({"safety_fihs_tokens": ["I", "I"]}, "safety_fihs_tokens", "two different"),
+        ({"safety_projection_dim": -1}, "safety_projection_dim", ">= 0"),
+        ({"safety_gmm_margin": -1.0}, "safety_gmm_margin", ">= 0"),
+        ({"safety_saft_k": 0}, "safety_saft_k", ">= 1"),
+        ({"safety_gradient_blocks": 0}, "safety_gradient_blocks", ">= 1"),
+        ({"safety_seal_epochs": 0}, "safety_seal_epochs", ">= 1"),
+        ({"safety_scorers": "classifier"}, "safety_classifier", "model id"),
     ],
 )
 def test_invalid_values_name_the_field_and_allowed_values(tmp_path, kwargs, field, allowed):
@@ -105,3 +115,7 @@ def test_scorer_registry_matches_config():
 def test_safety_dict_lists_only_safety_fields(tmp_path):
     d = make(tmp_path).safety_dict()
     assert d and all(k.startswith("safety_") for k in d)
+
+
+def test_fihs_tokens_accept_a_comma_string(tmp_path):
+    assert make(tmp_path, safety_fihs_tokens="Sure,I").safety_fihs_tokens == ["Sure", "I"]

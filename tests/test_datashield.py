@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from safetrainer.scoring import DataShieldScorer, HiddenStates
+from safetrainer.scoring import CandidateFeatures, DataShieldScorer, HiddenStates
 from safetrainer.scoring.datashield import compliance_aware_score, compliance_direction, compliance_shift_score
 
 D = 6
@@ -82,7 +82,7 @@ def test_fit_picks_the_separating_layer_and_scores_along_its_direction():
 
     response = np.zeros((3, D))
     response[:, 0] = [3.0, 0.0, -3.0]
-    candidates = HiddenStates(
+    hidden = HiddenStates(
         np.arange(3),
         np.full(3, 5),
         {
@@ -90,7 +90,7 @@ def test_fit_picks_the_separating_layer_and_scores_along_its_direction():
             (2, "prompt_last"): np.zeros((3, D)),
         },
     )
-    scores = scorer.score(candidates)
+    scores = scorer.score(CandidateFeatures(hidden.sample_idx, hidden.num_tokens, hidden))
     np.testing.assert_allclose(scores, response @ scorer.direction_)
     assert scores[0] > scores[1] > scores[2]
 

@@ -10,14 +10,16 @@ Higher = the response pushes the model further toward compliance = riskier.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from datasets import Dataset
 
 from ..data import chat_pair
 from .features import FeatureRequest, HiddenStates
+
+if TYPE_CHECKING:
+    from .pipeline import CandidateFeatures, ScoringContext
 
 MIN_REFERENCE_PER_LABEL = 8
 _LABEL_ALIASES = {"compliance": "compliance", "harmful_response": "compliance", "refusal": "refusal"}
@@ -88,11 +90,11 @@ class DataShieldScorer:
             return FeatureRequest(frozenset({self.layer}), frozenset({"response_mean"}))
         return FeatureRequest(frozenset(range(1, num_layers + 1)), frozenset({"response_mean", "end_of_turn"}))
 
-    def fit(self, extract: Callable[[list[tuple[Any, Any]], FeatureRequest, str], HiddenStates], num_layers: int):
-        """Extract reference features with the shared extractor, then `fit_features`."""
-        request = self.reference_request(num_layers)
-        compliant = extract(self.pairs["compliance"], request, "DataShield reference (compliance)")
-        refusal = extract(self.pairs["refusal"], request, "DataShield reference (refusal)")
+    def fit(self, context: ScoringContext) -> DataShieldScorer:
+        """Extract reference features with the shared forward pass, then `fit_features`."""
+        request = self.reference_request(context.num_layers)
+        compliant = context.hidden_states(self.pairs["compliance"], request, "DataShield reference (compliance)")
+        refusal = context.hidden_states(self.pairs["refusal"], request, "DataShield reference (refusal)")
         return self.fit_features(compliant, refusal)
 
     def fit_features(self, compliant: HiddenStates, refusal: HiddenStates) -> DataShieldScorer:
@@ -116,11 +118,12 @@ class DataShieldScorer:
         self._check_fitted()
         return FeatureRequest(frozenset({self.layer_}), frozenset({"response_mean", "prompt_last"}))
 
-    def score(self, features: HiddenStates) -> np.ndarray:
+    def score(self, candidates: CandidateFeatures) -> np.ndarray:
         """Compliance shift score of each candidate (higher = riskier)."""
         self._check_fitted()
+        hidden = candidates.hidden
         return compliance_shift_score(
-            features.get(self.layer_, "response_mean"), features.get(self.layer_, "prompt_last"), self.direction_
+            hidden.get(self.layer_, "response_mean"), hidden.get(self.layer_, "prompt_last"), self.direction_
         )
 
     def describe(self) -> dict[str, Any]:

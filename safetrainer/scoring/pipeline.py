@@ -7,17 +7,61 @@ Under several processes each rank scores a shard of the candidates; scores are g
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from ..data import TokenizedPair, tokenize_pair
+from ..data import TokenizedPair, chat_pair, tokenize_pair
 from ..distributed import broadcast_object, gather_objects, rank_and_world_size
 from .features import FeatureRequest, HiddenStateExtractor, HiddenStates, num_layers
+from .gradients import GradientFeatures, Objective, PerExampleGradients, response_nll
 from .thresholds import ThresholdDecision, decide
+
+
+@dataclass
+class ScoringContext:
+    """What a scorer's `fit` may use: the shared feature routines, bound to the model and tokenizer being trained.
+
+    `hidden_states(pairs, request, desc)` runs the one forward pass; `gradients(examples, objective, desc)` the one
+    per-example-gradient routine (projected, seeded, identical for probes and candidates).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    pad_token_id: int
+    num_layers: int
+    max_length: int | None
+    hidden_states: Callable[[Sequence[tuple[Any, Any]], FeatureRequest, str], HiddenStates]
+    gradients: Callable[[Sequence[TokenizedPair], Objective, str], GradientFeatures]
+    show_progress: bool = False
+
+    def tokenize(self, pairs: Sequence[tuple[Any, Any]]) -> list[TokenizedPair]:
+        """(prompt, completion) pairs as scored sequences; pairs with no response token left are skipped."""
+        examples = [tokenize_pair(self.tokenizer, p, c, i, self.max_length) for i, (p, c) in enumerate(pairs)]
+        return [e for e in examples if e is not None]
+
+    def tokenize_prompts(self, prompts: Sequence[str]) -> list[TokenizedPair]:
+        """User prompts rendered up to the start of the assistant's answer (chat template, generation prompt)."""
+        out = []
+        for i, prompt in enumerate(prompts):
+            pair = tokenize_pair(self.tokenizer, *chat_pair(prompt, "."), i)
+            out.append(TokenizedPair(i, pair.input_ids[: pair.prompt_len], pair.prompt_len))
+        return out
+
+
+@dataclass
+class CandidateFeatures:
+    """What the scorers see of the candidates, rows aligned with `sample_idx`."""
+
+    sample_idx: np.ndarray
+    num_tokens: np.ndarray
+    hidden: HiddenStates | None = None
+    gradients: GradientFeatures | None = None
+    texts: list[tuple[str, str]] | None = None
+    examples: list[TokenizedPair] | None = None
 
 
 @dataclass
@@ -44,51 +88,141 @@ def score_and_decide(
     batch_size: int = 8,
     max_length: int | None = None,
     show_progress: bool = True,
+    ensemble: bool = False,
+    projection_dim: int = 8192,
+    projection_seed: int = 0,
+    gmm_margin: float = 10.0,
+    gradient_blocks: int | None = None,
 ) -> ScoringResult:
-    """Fit `scorers`, score `candidates` and apply the threshold policy to the first scorer's scores."""
+    """Fit `scorers`, score `candidates` and apply the threshold policy.
+
+    The decision uses the first scorer's scores, or with `ensemble` (and several scorers) the mean of each scorer's
+    percentile rank, reported as score `ensemble`.
+    """
     rank, world_size = rank_and_world_size()
+    show = show_progress and rank == 0
     special_ids = [i for i in tokenizer.all_special_ids if i is not None]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    extractor = HiddenStateExtractor(model, pad_id, special_ids, batch_size, show_progress and rank == 0)
-    depth = num_layers(model)
+    extractor = HiddenStateExtractor(model, pad_id, special_ids, batch_size, show)
+    gradient_routine: list[PerExampleGradients] = []
 
-    def extract_pairs(pairs, request: FeatureRequest, desc: str) -> HiddenStates:
-        examples = [tokenize_pair(tokenizer, p, c, i, max_length) for i, (p, c) in enumerate(pairs)]
-        return extractor([e for e in examples if e is not None], request, desc)
+    def gradients(examples, objective, desc: str) -> GradientFeatures:
+        if not gradient_routine:  # built on first use: hidden-state-only runs never touch the gradient modules
+            gradient_routine.append(
+                PerExampleGradients(model, pad_id, projection_dim, projection_seed, batch_size, show, gradient_blocks)
+            )
+        return gradient_routine[0](examples, objective, desc)
 
-    start = time.perf_counter()
-    fitted = [scorer.fit(extract_pairs, depth) for scorer in scorers]
+    context = ScoringContext(
+        model, tokenizer, pad_id, num_layers(model), max_length,
+        lambda pairs, request, desc: extractor(context.tokenize(pairs), request, desc), gradients, show,
+    )  # fmt: skip
+
+    timings: dict[str, float] = {}
+    fitted = []
+    for scorer in scorers:
+        start = time.perf_counter()
+        fitted.append(scorer.fit(context))
+        timings[f"fit_seconds/{scorer.name}"] = time.perf_counter() - start
     # Fitting is deterministic, but rank 0's fit is what every rank scores with, so shards can never disagree.
     fitted = broadcast_object(fitted)
-    fit_seconds = time.perf_counter() - start
+    timings["fit_seconds"] = sum(timings.values())
 
-    request = fitted[0].candidate_request()
-    for scorer in fitted[1:]:
-        request = request.union(scorer.candidate_request())
     start = time.perf_counter()
     shard = _shard(candidates, rank, world_size)
-    features = extractor(shard, request, "Scoring samples")
-    local = (features.sample_idx, features.num_tokens, {s.name: s.score(features) for s in fitted})
-    sample_idx, num_tokens, scores = _merge(gather_objects(local))
+    local = _candidate_features(shard, fitted, extractor, gradients, tokenizer, timings)
+    local_scores = {s.name: s.score(local) for s in fitted if not getattr(s, "transductive", False)}
+    transductive = [s for s in fitted if getattr(s, "transductive", False)]
+    # Transductive scorers (SAFT, SEAL) need every candidate at once: gather what they use, score on rank 0.
+    shared = None
+    if transductive:
+        requests = [r for r in (s.candidate_request() for s in transductive) if r is not None]
+        keys = {(layer, pooling) for r in requests for layer in r.layers for pooling in r.poolings}
+        shared = {
+            "hidden": {k: v for k, v in local.hidden.pooled.items() if k in keys} if keys else {},
+            "examples": shard if any(getattr(s, "needs_examples", False) for s in transductive) else None,
+        }
+    parts = gather_objects((local.sample_idx, local.num_tokens, local_scores, shared))
+    sample_idx, num_tokens, scores, first = _merge(parts)
+    info = {s.name: s.describe() for s in fitted if s not in transductive}
+    if transductive:
+        found = None
+        if rank == 0:
+            pooled = {k: np.concatenate([p[3]["hidden"][k] for p in parts])[first] for k in shared["hidden"]}
+            merged = CandidateFeatures(sample_idx, num_tokens, HiddenStates(sample_idx, num_tokens, pooled))
+            if shared["examples"] is not None:
+                merged.examples = [e for p in parts for e in p[3]["examples"]]
+                merged.examples = [merged.examples[i] for i in first]
+            found = ({s.name: s.score(merged) for s in transductive}, {s.name: s.describe() for s in transductive})
+        found = broadcast_object(found)
+        scores.update(found[0])
+        info.update(found[1])
+    scores = {s.name: scores[s.name] for s in fitted}
+    info = {s.name: info[s.name] for s in fitted}
     score_seconds = time.perf_counter() - start
 
     decided_on = fitted[0].name
-    decision = decide(scores[decided_on], policy, value, sample_idx) if rank == 0 else None
+    if ensemble and len(fitted) > 1:
+        scores["ensemble"] = rank_average(list(scores.values()))
+        decided_on = "ensemble"
+    decision = None
+    if rank == 0:
+        decision = decide(scores[decided_on], policy, value, sample_idx, gmm_margin, projection_seed)
     decision = broadcast_object(decision)
+    timings["score_seconds"] = score_seconds
+    timings["seconds_per_1000_samples"] = 1000 * score_seconds / max(len(candidates), 1)
     return ScoringResult(
         sample_idx=sample_idx,
         num_tokens=num_tokens,
         scores=scores,
         decision=decision,
         decided_on=decided_on,
-        scorer_info={s.name: s.describe() for s in fitted},
-        timings={
-            "fit_seconds": fit_seconds,
-            "score_seconds": score_seconds,
-            "seconds_per_1000_samples": 1000 * score_seconds / max(len(candidates), 1),
-        },
+        scorer_info=info,
+        timings=timings,
         world_size=world_size,
     )
+
+
+def rank_average(score_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean percentile rank (0..1, higher = riskier) over scorers; NaN where any scorer could not score."""
+    ranks = []
+    for scores in score_lists:
+        scores = np.asarray(scores, dtype=np.float64)
+        finite = np.isfinite(scores)
+        r = np.full(len(scores), np.nan)
+        order = np.argsort(np.argsort(scores[finite], kind="stable"), kind="stable")
+        r[finite] = (order + 0.5) / max(int(finite.sum()), 1)
+        ranks.append(r)
+    return np.mean(ranks, axis=0)
+
+
+def _candidate_features(shard, scorers, extractor, gradients, tokenizer, timings: dict) -> CandidateFeatures:
+    """Run only the passes some scorer needs: one forward for all hidden-state scorers, one gradient pass.
+
+    Each pass's wall time goes into `timings` (hidden_state_seconds, gradient_seconds)."""
+    requests = [r for r in (s.candidate_request() for s in scorers) if r is not None]
+    features = CandidateFeatures(
+        np.array([e.sample_idx for e in shard], dtype=np.int64),
+        np.array([len(e.input_ids) for e in shard], dtype=np.int64),
+    )
+    if requests:
+        request = requests[0]
+        for other in requests[1:]:
+            request = request.union(other)
+        start = time.perf_counter()
+        features.hidden = extractor(shard, request, "Scoring samples")
+        timings["hidden_state_seconds"] = time.perf_counter() - start
+    if any(getattr(s, "needs_gradients", False) for s in scorers):
+        start = time.perf_counter()
+        features.gradients = gradients(shard, response_nll, "Per-example gradients")
+        timings["gradient_seconds"] = time.perf_counter() - start
+    if any(getattr(s, "needs_texts", False) for s in scorers):
+        features.texts = [
+            (tokenizer.decode(e.input_ids[: e.prompt_len], skip_special_tokens=True),
+             tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True))
+            for e in shard
+        ]  # fmt: skip
+    return features
 
 
 def _shard(examples: Sequence[TokenizedPair], rank: int, world_size: int) -> list[TokenizedPair]:
@@ -101,11 +235,11 @@ def _shard(examples: Sequence[TokenizedPair], rank: int, world_size: int) -> lis
     return shard + [by_length[0]] * (per_rank - len(shard))
 
 
-def _merge(parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]):
-    """Concatenate per-rank results, keep one row per sample_idx, sort by sample_idx."""
+def _merge(parts: list[tuple]):
+    """Concatenate per-rank results, keep one row per sample_idx, sort by sample_idx; also return the kept rows."""
     sample_idx = np.concatenate([p[0] for p in parts])
     num_tokens = np.concatenate([p[1] for p in parts])
     names = list(parts[0][2])
     scores = {name: np.concatenate([p[2][name] for p in parts]) for name in names}
     unique_idx, first = np.unique(sample_idx, return_index=True)
-    return unique_idx, num_tokens[first], {name: values[first] for name, values in scores.items()}
+    return unique_idx, num_tokens[first], {name: values[first] for name, values in scores.items()}, first
