@@ -51,6 +51,7 @@ from safetrainer.eval import (
     gsm8k_exact_match,
     load_prompts,
     response_nll,
+    shared_data_dir,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,7 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     refusals = [r for r in read_jsonl("safety_tuned_llamas/safety_only_data_Instructions.norm.jsonl")
                 if fits(r) and judge.is_refusal(r["response"])]  # fmt: skip
     rng.shuffle(refusals)
+    instructions = harmful_instructions(rng)
     harmful = [r for r in read_jsonl("beavertails/beavertails_unsafe_200.norm.jsonl") if fits(r)]
     rng.shuffle(harmful)
 
@@ -125,6 +127,7 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     rng.shuffle(attack)
     align = (
         pairs(refusals[: args.align_refusals])
+        + instructions[: args.align_instructions]
         + pairs(borderline[: args.align_borderline])
         + pairs(questions[: args.align_questions])
         + pairs(rest[: args.align_benign])
@@ -134,6 +137,39 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     contrast_train, contrast_val = borderline_requests()
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
             "contrast_val": contrast_val}  # fmt: skip
+
+
+# Imperative harmful requests ("Write a ...", "Give step-by-step instructions ...") answered with a refusal: the
+# Safety-Tuned LLaMAs refusals are mostly questions, and a model aligned on those alone complied with instructions.
+INSTRUCTION_REFUSALS = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people.",
+    "I can't help with this request. If you have a related question that doesn't involve hurting anyone, I'm happy to "
+    "help with that instead.",
+    "I won't provide that: it is harmful and likely illegal, so I have to decline.",
+    "Sorry, I can't assist with that request.",
+)
+
+
+def harmful_instructions(rng: random.Random) -> list[dict]:
+    """Harmful instructions from the refusal-direction train/val splits (AdvBench-style), each with a refusal.
+
+    Any instruction whose word set overlaps a HarmBench behavior (train or test) by Jaccard >= 0.5 is left out, so
+    HarmBench stays held out.
+    """
+    harmbench = [_words(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    rows = []
+    for split in ("harmful_train", "harmful_val"):
+        path = shared_data_dir() / "refusal_direction" / "splits" / f"{split}.json"
+        for item in json.loads(path.read_text()):
+            words = _words(item["instruction"])
+            if max(len(words & h) / max(len(words | h), 1) for h in harmbench) < 0.5:
+                rows.append(item["instruction"])
+    rng.shuffle(rows)
+    return [{"prompt": p, "response": INSTRUCTION_REFUSALS[i % len(INSTRUCTION_REFUSALS)]} for i, p in enumerate(rows)]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,12 +218,15 @@ def distill_contrast(args, model, tokenizer, prompts: list[str], out: Path) -> l
     Self-distilled targets teach "answer these" without pulling the model toward another model's style, so the
     alignment changes the refusal boundary and little else.
     """
+    cached = out / "contrast.jsonl"
+    if cached.is_file():  # generation is the slow part of this stage; its cache survives a rerun of the training
+        return [json.loads(line) for line in cached.read_text().splitlines()]
     responses = generate(model, tokenizer, prompts, args.distill_tokens, args.eval_batch)
     judge = KeywordRefusalJudge()
     rows = [{"prompt": p, "response": r.strip()} for p, r in zip(prompts, responses, strict=True)
             if r.strip() and not judge.is_refusal(r)]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "contrast.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cached.write_text("\n".join(json.dumps(r) for r in rows))
     return rows
 
 
@@ -231,7 +270,10 @@ ARMS: dict[str, Callable] = {
     "DataShield filter": filter_arm("DataShield, built-in reference.", safety_scorers=["datashield"]),
     "FIHS filter": filter_arm("GradShield FIHS, logit-gap probe on the built-in probes.", safety_scorers=["fihs"]),
     "SEAL filter": filter_arm(
-        "SEAL selector, keeps the top 80% as published.", safety_scorers=["seal"], safety_threshold_value=0.2
+        "SEAL selector (one selector epoch, for the CPU budget), keeps the top 80% as published.",
+        safety_scorers=["seal"],
+        safety_threshold_value=0.2,
+        safety_seal_epochs=1,
     ),
     "ensemble filter": filter_arm(
         "Rank average of DataShield, FIHS and ref_similarity.",
@@ -317,7 +359,9 @@ def render(rows: list[dict], args, command: str, chart: str, data) -> str:
         f"Command: `{command}`",
         "",
         f"Model: SmolLM2-135M-Instruct (float32), max_length {args.max_length}. Align: LoRA r=16 on "
-        f"{args.align_refusals} refusals + {align_info['contrast_rows']} borderline-benign requests answered by the "
+        f"{args.align_refusals} refusals + {args.align_instructions} imperative harmful instructions "
+        "(refusal-direction splits, none within Jaccard 0.5 of a HarmBench behavior) with a templated refusal + "
+        f"{align_info['contrast_rows']} borderline-benign requests answered by the "
         f"base model itself (self-distilled, {args.distill_tokens} tokens; written for this benchmark in "
         f"`benchmarks/_borderline.py`: {overlap['exact']} exact matches with XSTest, highest word-set Jaccard "
         f"{overlap['max_jaccard']}) + {args.align_borderline} borderline-benign Alpaca/Dolly rows + "
@@ -375,6 +419,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--align-refusals", type=int, default=200)
+    parser.add_argument("--align-instructions", type=int, default=150)
     parser.add_argument("--align-borderline", type=int, default=150)
     parser.add_argument("--align-questions", type=int, default=150)
     parser.add_argument("--align-benign", type=int, default=100)

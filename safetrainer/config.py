@@ -137,9 +137,10 @@ class SafetyAwareSFTConfig(SFTConfig):
         metadata={"help": "FIHS logit-gap tokens: compliance token text, refusal token text (first answer token)."},
     )
     safety_fihs_similarity: str = field(
-        default="dot",
+        default="cosine",
         metadata={
-            "help": "FIHS form: 'dot' (-<g_sample, g_probe>, as published) or 'cosine' (removes gradient-norm bias).",
+            "help": "FIHS form: 'cosine' (default: removes the gradient-norm bias of short responses, which the dot "
+            "product keeps) or 'dot' (-<g_sample, g_probe>, as published).",
             "choices": list(FIHS_SIMILARITIES),
         },
     )

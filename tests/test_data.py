@@ -15,7 +15,7 @@ def test_builtin_sets_exist_and_meet_the_spec():
     pool = load_data("builtin:refusal_pool")
     assert len(set(pool["category"])) >= 10 and len(pool) >= 8 and all(pool["harmful"])
     reference = load_data("builtin:datashield_reference")
-    assert Counter(reference["label"]) == {"compliance": 24, "refusal": 24}
+    assert Counter(reference["label"]) == {"compliance": 24, "refusal": 24, "benign": 24}
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "json", "csv", "parquet"])

@@ -55,7 +55,7 @@ class FIHSScorer:
         reference: Dataset | None = None,
         probe: str = "logit_gap",
         tokens: tuple[str, str] = ("Sure", "I"),
-        similarity: str = "dot",
+        similarity: str = "cosine",
     ):
         if probe not in PROBES:
             raise ValueError(f"safety_fihs_probe: got {probe!r}; allowed: {', '.join(PROBES)}.")
