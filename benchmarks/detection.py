@@ -119,7 +119,7 @@ SCORERS = ["datashield", "saft", "fihs", "ref_similarity"]
 def run_dataset(label, args, model_path, tokenizer, rows, labels, validation: Path, with_seal: bool) -> list[dict]:
     """One filter pass with the four main scorers (ensemble deciding), then one pass per separate scorer (random;
     SEAL, whose selector run is a short training of its own, on the main set only); metrics per scorer."""
-    out = ROOT / "benchmarks" / "results" / "detection" / re.sub(r"[^a-z0-9]+", "-", label.lower())
+    out = ROOT / "benchmarks" / "results" / "detection" / re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     n_harmful = int(labels.sum())
     decide = {"safety_threshold_policy": "top_k", "safety_threshold_value": n_harmful}
     config = base_config(args, out / "scorers", safety_scorers=SCORERS, safety_ensemble=True,

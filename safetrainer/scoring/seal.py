@@ -127,7 +127,7 @@ class SEALScorer:
                     selector.zero_grad()
                     (batch_weights * sample_losses.detach()).mean().backward()
                     selector.step()
-                    losses_seen.append(float(sample_losses.mean()))
+                    losses_seen.append(float(sample_losses.detach().mean()))
                 self.history_.append(
                     {"epoch": epoch + 1, "lambda": lam, "mean_sample_loss": float(np.mean(losses_seen))}
                 )
