@@ -17,6 +17,7 @@ import json
 import platform
 import random
 import re
+import shlex
 import sys
 import time
 from datetime import date
@@ -258,7 +259,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model id or directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    command = ("python benchmarks/detection.py " + " ".join(sys.argv[1:])).strip()
+    command = shlex.join(["python", "benchmarks/detection.py", *sys.argv[1:]])
 
     model_path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

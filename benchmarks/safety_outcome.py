@@ -26,6 +26,7 @@ import json
 import platform
 import random
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -443,7 +444,7 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    command = ("python benchmarks/safety_outcome.py " + " ".join(sys.argv[1:])).strip()
+    command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
     for stage in filter(None, args.fresh.split(",")):
         shutil.rmtree(RESULTS / stage, ignore_errors=True)
     stages = set(args.stages.split(","))
