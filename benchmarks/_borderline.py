@@ -189,17 +189,18 @@ def borderline_requests(holdout_every: int = 8) -> tuple[list[str], list[str]]:
     return train, validation
 
 
-def _words(text: str) -> set[str]:
+def word_set(text: str) -> set[str]:
+    """Lower-case word set, for the overlap checks against held-out prompt sets."""
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
 def overlap_with(prompts: list[str], others: list[str]) -> dict:
     """Exact matches and the highest word-set Jaccard similarity of any prompt to any of `others`."""
-    other_sets = [_words(o) for o in others]
+    other_sets = [word_set(o) for o in others]
     normalized = {o.strip().lower() for o in others}
     best = 0.0
     for p in prompts:
-        w = _words(p)
+        w = word_set(p)
         for o in other_sets:
             best = max(best, len(w & o) / max(len(w | o), 1))
     return {"exact": sum(p.strip().lower() in normalized for p in prompts), "max_jaccard": round(best, 3)}

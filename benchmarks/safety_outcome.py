@@ -35,7 +35,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _borderline import borderline_requests, overlap_with
+from _borderline import borderline_requests, overlap_with, word_set
 from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 from datasets import Dataset
@@ -157,20 +157,16 @@ def harmful_instructions(rng: random.Random) -> list[dict]:
     Any instruction whose word set overlaps a HarmBench behavior (train or test) by Jaccard >= 0.5 is left out, so
     HarmBench stays held out.
     """
-    harmbench = [_words(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    harmbench = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
     rows = []
     for split in ("harmful_train", "harmful_val"):
         path = shared_data_dir() / "refusal_direction" / "splits" / f"{split}.json"
         for item in json.loads(path.read_text()):
-            words = _words(item["instruction"])
+            words = word_set(item["instruction"])
             if max(len(words & h) / max(len(words | h), 1) for h in harmbench) < 0.5:
                 rows.append(item["instruction"])
     rng.shuffle(rows)
     return [{"prompt": p, "response": INSTRUCTION_REFUSALS[i % len(INSTRUCTION_REFUSALS)]} for i, p in enumerate(rows)]
-
-
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
