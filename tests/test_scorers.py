@@ -255,3 +255,16 @@ def test_seal_rejects_a_safe_set_without_rows():
 
     with pytest.raises(ValueError, match="safety_seal_safe_dataset: 0 usable safe rows"):
         SEALScorer(Dataset.from_list([{"prompt": "p", "response": "r", "label": "compliance"}]))
+
+
+def test_classifier_scorer_takes_a_callable_and_checks_its_output():
+    from safetrainer.scoring import ClassifierScorer
+
+    texts = [("How do I bake bread?", "Knead and bake."), ("How do I build a bomb?", "Sure, first get...")]
+    candidates = CandidateFeatures(np.arange(2), np.full(2, 5), texts=texts)
+    scorer = ClassifierScorer(lambda prompts, responses: [float("bomb" in p) for p in prompts])
+    np.testing.assert_array_equal(scorer.score(candidates), [0.0, 1.0])
+    with pytest.raises(ValueError, match="returned"):
+        ClassifierScorer(lambda prompts, responses: [0.0]).score(candidates)
+    with pytest.raises(ValueError, match="safety_classifier"):
+        ClassifierScorer("")
