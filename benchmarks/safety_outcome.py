@@ -194,7 +194,7 @@ def align(args, base_path: str, data) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     start = time.perf_counter()
-    contrast = distill_contrast(args, model, tokenizer, data["contrast"], out)
+    contrast = distill_contrast(args, model, tokenizer, data["contrast"], RESULTS / "distill")
     rows = data["align"] + contrast
     random.Random(args.seed).shuffle(rows)
     config = SFTConfig(**sft_kwargs(args, out / "run", args.align_epochs, args.align_lr))
@@ -209,22 +209,28 @@ def align(args, base_path: str, data) -> Path:
     return model_dir
 
 
-def distill_contrast(args, model, tokenizer, prompts: list[str], out: Path) -> list[dict]:
+def distill_contrast(args, model, tokenizer, prompts: list[str], cache_dir: Path) -> list[dict]:
     """The base model's own greedy answers to the borderline-benign requests, refusals left out.
 
     Self-distilled targets teach "answer these" without pulling the model toward another model's style, so the
     alignment changes the refusal boundary and little else.
     """
-    cached = out / "contrast.jsonl"
-    if cached.is_file():  # generation is the slow part of this stage; its cache survives a rerun of the training
-        return [json.loads(line) for line in cached.read_text().splitlines()]
-    responses = generate(model, tokenizer, prompts, args.distill_tokens, args.eval_batch)
+    # Generation is the slow part of this stage: answers are cached per prompt (refusals included, so they are not
+    # regenerated), and a rerun generates only for prompts added since.
+    cached = cache_dir / "contrast_answers.jsonl"
+    answers = {}
+    if cached.is_file():
+        answers = {r["prompt"]: r["response"] for r in map(json.loads, cached.read_text().splitlines())}
+    missing = [p for p in prompts if p not in answers]
+    if missing:
+        answers.update(
+            zip(missing, generate(model, tokenizer, missing, args.distill_tokens, args.eval_batch), strict=True)
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in answers.items()))
     judge = KeywordRefusalJudge()
-    rows = [{"prompt": p, "response": r.strip()} for p, r in zip(prompts, responses, strict=True)
-            if r.strip() and not judge.is_refusal(r)]  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    cached.write_text("\n".join(json.dumps(r) for r in rows))
-    return rows
+    return [{"prompt": p, "response": answers[p].strip()} for p in prompts
+            if answers[p].strip() and not judge.is_refusal(answers[p])]  # fmt: skip
 
 
 def _prompt_completion(rows: list[dict]) -> list[dict]:
@@ -416,7 +422,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--align-refusals", type=int, default=200)
-    parser.add_argument("--align-instructions", type=int, default=150)
+    parser.add_argument("--align-instructions", type=int, default=120)
     parser.add_argument("--align-borderline", type=int, default=150)
     parser.add_argument("--align-questions", type=int, default=150)
     parser.add_argument("--align-benign", type=int, default=100)

@@ -6,6 +6,8 @@
     safetrainer eval --model ID_OR_DIR [--adapter DIR] --prompts PATH_OR_SUITE [--judge keyword|MODEL_ID]
                      --output-dir DIR
     safetrainer judge --input PATH [--judge keyword|MODEL_ID] --output-dir DIR
+    safetrainer mix --pool PATH_OR_HUB_ID --strategy {random,sss,pss,cossim,...-b} --budget N_OR_FRACTION
+                    [--train-file PATH] [--seed S] --output-dir DIR
 
 The YAML config holds TRL's script, training (`SafetyAwareSFTConfig`) and model (`ModelConfig`) fields, as for
 `trl sft --config`; command-line flags override it.
@@ -36,8 +38,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _eval(rest)
     elif command == "judge":
         _judge(rest)
+    elif command == "mix":
+        _mix(rest)
     else:
-        sys.exit(f"safetrainer: unknown command {command!r}; commands: train, score, eval, judge.")
+        sys.exit(f"safetrainer: unknown command {command!r}; commands: train, score, eval, judge, mix.")
 
 
 def _config_parser():
@@ -200,6 +204,59 @@ def _judge(argv: list[str]) -> None:
     records = [{**row, "refusal": refused} for row, refused in zip(rows.to_list(), refusals, strict=True)]
     summary = {"input": ns.input, **refusal_metrics(refusals, None, None), "judge": ns.judge}
     _write_outputs(ns.output_dir, "judgements.jsonl", records, "summary.json", summary)
+
+
+def _mix(argv: list[str]) -> None:
+    from .config import MIX_CATEGORY_METHODS, MIX_STRATEGIES
+
+    parser = argparse.ArgumentParser(prog="safetrainer mix", description="Choose safety samples to mix into training.")
+    parser.add_argument("--pool", required=True, help="builtin:NAME, jsonl/json/csv/parquet file or Hub dataset id")
+    parser.add_argument("--strategy", required=True, choices=MIX_STRATEGIES)
+    parser.add_argument("--budget", required=True, type=float, help="a count, or a fraction of --train-file's rows")
+    parser.add_argument("--train-file", default=None, help="the fine-tuning data (budget fractions, Cossim's target)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--categories", default="auto", choices=MIX_CATEGORY_METHODS)
+    parser.add_argument("--category-reference", default=None, help="prompt/category rows (default: built-in)")
+    parser.add_argument("--num-clusters", type=int, default=14)
+    parser.add_argument("--model", default=None, help="model whose hidden states embed (default: SmolLM2-135M)")
+    parser.add_argument("--embedder", default=None, help="a sentence-transformers model id instead of --model")
+    parser.add_argument("--judge", default="keyword", help="refusal judge: 'keyword' or a model id")
+    ns = parser.parse_args(argv)
+
+    from .data import load_data, pair_texts, prepare_input
+    from .samplers import SentenceEmbedder, load_pool, select_safety_mix
+
+    train_pairs = num_train = None
+    if ns.train_file:
+        prepared = prepare_input(load_data(ns.train_file), invalid_rows="reject")
+        train_pairs = pair_texts(prepared)
+        num_train = prepared.num_rows - len(prepared.rejected)
+    embedder = SentenceEmbedder(ns.embedder) if ns.embedder else _LazyModelEmbedder(ns.model)
+    mix = select_safety_mix(
+        load_pool(ns.pool, judge=ns.judge), ns.strategy, ns.budget, num_train, ns.seed, embedder, train_pairs,
+        ns.categories, ns.category_reference, ns.num_clusters,
+    )  # fmt: skip
+    path = mix.write(ns.output_dir)
+    summary = mix.summary()
+    shown = {k: summary[k] for k in ("strategy", "budget", "selected", "selected_behavior_counts", "notes")}
+    print(json.dumps({**shown, "category_source": summary["pool"]["category_source"]}, indent=2))
+    print(f"Wrote {path} and {path.parent / 'mix_summary.json'}")
+
+
+class _LazyModelEmbedder:
+    """Loads the model only when a strategy needs embeddings (random and column-category SSS never do)."""
+
+    def __init__(self, model_id: str | None):
+        self.model_id, self.embedder = model_id, None
+
+    def __call__(self, prompts, responses, instruction_only):
+        if self.embedder is None:
+            from .samplers import ModelEmbedder
+
+            model, tokenizer = _load_for_eval(self.model_id, None)
+            self.embedder = ModelEmbedder(model, tokenizer)
+        return self.embedder(prompts, responses, instruction_only)
 
 
 def _load_for_eval(model_id: str | None, adapter: str | None):

@@ -18,6 +18,10 @@ THRESHOLD_POLICIES = ("top_fraction", "top_k", "absolute", "adaptive")
 FIHS_PROBES = ("logit_gap", "nll")
 FIHS_SIMILARITIES = ("dot", "cosine")
 INVALID_ROW_POLICIES = ("error", "reject")
+MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
+# Each strategy also in a "-b" variant restricted to behavior type T1 (harmful instruction + refusal).
+MIX_STRATEGIES = (*MIX_BASE_STRATEGIES, *(f"{s}-b" for s in MIX_BASE_STRATEGIES))
+MIX_CATEGORY_METHODS = ("auto", "column", "nearest", "kmeans")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
 DEFAULT_PROBE_DATASET = "builtin:safety_probes"
 DEFAULT_SEAL_SAFE_DATASET = "builtin:refusal_pool"
@@ -181,6 +185,65 @@ class SafetyAwareSFTConfig(SFTConfig):
             "probability is the score). For a callable, use `safetrainer.scoring.ClassifierScorer` directly."
         },
     )
+    safety_mix_pool: str | None = field(
+        default=None,
+        metadata={
+            "help": "Safety pool to mix refusal samples from before training: 'builtin:refusal_pool', a local "
+            "jsonl/json/csv/parquet file or a Hub dataset id. Rows: prompt, response, optional category and harmful "
+            "flag (or BeaverTails' is_safe). Unset disables mixing."
+        },
+    )
+    safety_mix_strategy: str = field(
+        default="pss-b",
+        metadata={
+            "help": "How to choose the mixed samples: random, sss (stratified over harm categories), pss (closest to "
+            "each category's centroid), cossim (most similar to the training data or to category references); the "
+            "'-b' variants choose among T1 rows (harmful instruction + refusal) only.",
+            "choices": list(MIX_STRATEGIES),
+        },
+    )
+    safety_mix_budget: float = field(
+        default=0.005,
+        metadata={
+            "help": "Number of samples to mix in: a count (integer >= 1) or a fraction in (0, 1) of the training set "
+            "(at least 1)."
+        },
+    )
+    safety_mix_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the mixing samplers; unset uses `seed`."}
+    )
+    safety_mix_categories: str = field(
+        default="auto",
+        metadata={
+            "help": "Harm categories of the pool: 'column' (the pool's category column), 'nearest' (nearest category "
+            "prototype by embedding), 'kmeans' (clusters as strata), 'auto' (column when present, else nearest).",
+            "choices": list(MIX_CATEGORY_METHODS),
+        },
+    )
+    safety_mix_category_reference: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset of example prompts with a category column, whose per-category mean embeddings are the "
+            "prototypes for 'nearest' and Cossim's fallback target. Unset: 'builtin:harm_categories' (the 14 "
+            "BeaverTails categories)."
+        },
+    )
+    safety_mix_num_clusters: int = field(default=14, metadata={"help": "k for safety_mix_categories='kmeans'."})
+    safety_mix_embedder: str | None = field(
+        default=None,
+        metadata={
+            "help": "Embeddings for PSS, Cossim and category inference: unset uses the training model's middle-layer "
+            "hidden states; a sentence-transformers model id (e.g. sentence-transformers/all-mpnet-base-v2) uses it."
+        },
+    )
+    safety_mix_judge: str = field(
+        default="keyword",
+        metadata={"help": "Refusal judge typing the pool's responses: 'keyword' or a judge model id."},
+    )
+    safety_mix_filterable: bool = field(
+        default=False,
+        metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
+    )
     safety_scoring_batch_size: int = field(
         default=8, metadata={"help": "Sequences per forward pass in the scoring pass."}
     )
@@ -266,6 +329,7 @@ class SafetyAwareSFTConfig(SFTConfig):
             raise ValueError(f"safety_saft_layer: must be >= 0 or unset, got {self.safety_saft_layer}.")
         if "classifier" in self.safety_scorers and not self.safety_classifier:
             raise ValueError("safety_scorers: 'classifier' needs safety_classifier, a text-classification model id.")
+        self._validate_mix_fields()
         if self.safety_scoring_batch_size < 1:
             raise ValueError(f"safety_scoring_batch_size: must be >= 1, got {self.safety_scoring_batch_size}.")
         if self.safety_scorers and self.packing:
@@ -273,6 +337,29 @@ class SafetyAwareSFTConfig(SFTConfig):
                 "safety_scorers: filtering needs one row per sample, but packing=True merges rows; "
                 "set packing=False or safety_scorers=[]."
             )
+
+    def _validate_mix_fields(self) -> None:
+        self.safety_mix_strategy = self.safety_mix_strategy.strip().lower().replace("_", "-")
+        _check_choice("safety_mix_strategy", self.safety_mix_strategy, MIX_STRATEGIES)
+        _check_choice("safety_mix_categories", self.safety_mix_categories, MIX_CATEGORY_METHODS)
+        budget = float(self.safety_mix_budget)
+        if not (0 < budget < 1 or (budget >= 1 and budget == int(budget))):
+            raise ValueError(
+                f"safety_mix_budget: got {self.safety_mix_budget}; allowed: a count (integer >= 1) or a fraction in "
+                "(0, 1) of the training set."
+            )
+        if self.safety_mix_num_clusters < 1:
+            raise ValueError(f"safety_mix_num_clusters: must be >= 1, got {self.safety_mix_num_clusters}.")
+        if self.safety_mix_pool is not None and self.packing:
+            raise ValueError(
+                "safety_mix_pool: mixing adds rows with their own sample_idx, but packing=True merges rows; set "
+                "packing=False or leave safety_mix_pool unset."
+            )
+
+    @property
+    def mix_enabled(self) -> bool:
+        """Whether safety samples are mixed into the training set."""
+        return self.safety_mix_pool is not None
 
     @property
     def filter_enabled(self) -> bool:

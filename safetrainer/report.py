@@ -25,13 +25,21 @@ _PACKAGES = ("safetrainer", "torch", "transformers", "trl", "peft", "accelerate"
 
 
 def build_table(
-    num_rows: int, previews: list[str], rejected: dict[int, str], result: ScoringResult | None
+    num_rows: int,
+    previews: list[str],
+    rejected: dict[int, str],
+    result: ScoringResult | None,
+    mixed: list[tuple[str, str]] | None = None,
 ) -> dict[str, list]:
-    """One row per input row, in input order, with its decision, reason, scores and prompt preview."""
-    decision = [KEPT] * num_rows
-    reason = ["kept (no filter)" if result is None else "kept: below threshold"] * num_rows
-    num_tokens = [None] * num_rows
-    scores: dict[str, list] = {} if result is None else {f"score_{n}": [math.nan] * num_rows for n in result.scores}
+    """One row per input row, in input order, with its decision, reason, scores and prompt preview; then one row per
+    mixed safety sample (`mixed`: its prompt preview and why it was chosen), with source "mix"."""
+    mixed = mixed or []
+    total = num_rows + len(mixed)
+    decision = [KEPT] * total
+    kept_why = "kept (no filter)" if result is None else "kept: below threshold"
+    reason = [kept_why] * num_rows + [f"kept: {why}" for _, why in mixed]
+    num_tokens = [None] * total
+    scores: dict[str, list] = {} if result is None else {f"score_{n}": [math.nan] * total for n in result.scores}
     for idx, why in rejected.items():
         decision[idx], reason[idx] = REJECTED, why
     if result is not None:
@@ -53,21 +61,23 @@ def build_table(
             if decision[idx] == KEPT and idx not in scored:
                 reason[idx] = "kept: unscored (not in the scoring pass)"
     return {
-        "sample_idx": list(range(num_rows)),
-        "source": ["train"] * num_rows,
+        "sample_idx": list(range(total)),
+        "source": ["train"] * num_rows + ["mix"] * len(mixed),
         "decision": decision,
         "keep": [d == KEPT for d in decision],
         "reason": reason,
         **scores,
         "num_tokens": num_tokens,
-        "prompt_preview": previews,
+        "prompt_preview": previews + [preview for preview, _ in mixed],
     }
 
 
 def counts(table: dict[str, list]) -> dict[str, int]:
-    """Number of input rows per decision."""
+    """Number of input rows, of mixed safety samples, and of rows per decision (over both)."""
     c = Counter(table["decision"])
-    return {"input": len(table["decision"]), KEPT: c[KEPT], DROPPED: c[DROPPED], REJECTED: c[REJECTED]}
+    sources = Counter(table["source"])
+    by_decision = {KEPT: c[KEPT], DROPPED: c[DROPPED], REJECTED: c[REJECTED]}
+    return {"input": sources["train"], "mixed": sources["mix"], **by_decision}
 
 
 def build_summary(table: dict[str, list], result: ScoringResult | None, safety_config: dict, extra: dict) -> dict:

@@ -4,18 +4,30 @@ sample's fate."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import AutoTokenizer, TrainingArguments
 from trl import SFTTrainer
 
 from .config import SafetyAwareSFTConfig
-from .data import SAMPLE_IDX, SampleIdxCollator, prepare_input, to_prompt_completion, tokenize_pair
+from .data import (
+    SAMPLE_IDX,
+    SampleIdxCollator,
+    pair_texts,
+    prepare_input,
+    preview_text,
+    rows_like,
+    to_prompt_completion,
+    tokenize_pair,
+)
+from .distributed import broadcast_object, rank_and_world_size
 from .models import resolve_model_path
 from .report import build_summary, build_table, counts, write_report
+from .samplers import ModelEmbedder, SafetyMix, SentenceEmbedder, load_pool, parse_strategy, select_safety_mix
 from .scoring import build_scorers, score_and_decide
 
 logger = logging.getLogger(__name__)
@@ -32,9 +44,11 @@ class SafetyAwareSFTTrainer(SFTTrainer):
     conversational prompt/completion. Every row gets a `sample_idx` (its 0-based index in the dataset given here),
     which survives TRL's preparation, so the report can say what happened to each row.
 
-    When `args.safety_scorers` is set, `train()` first scores every prepared sample, drops the riskiest according to
-    the threshold policy and writes the report; only then is the dataloader built, so step counts and the learning-rate
-    schedule match the filtered set. With filtering off, training is exactly SFTTrainer's.
+    Before the dataloader is built, `train()` runs the pre-training pass, so step counts and the learning-rate schedule
+    match the final set: with `args.safety_mix_pool` set it adds a budget of safety samples chosen from the pool (their
+    `sample_idx` continue after the input rows'; see `safetrainer.samplers`); with `args.safety_scorers` set it scores
+    every prepared sample and drops the riskiest according to the threshold policy (mixed samples only with
+    `safety_mix_filterable`); it then writes the report. With both off, training is exactly SFTTrainer's.
     """
 
     def __init__(
@@ -71,6 +85,8 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             if hasattr(callback, "attach") and getattr(callback, "trainer", None) is None:
                 callback.attach(self)
         self._safety_filter_done = False
+        self._safety_mix_rows: Dataset | None = None
+        self.safety_mix: SafetyMix | None = None
         self.safety_summary: dict[str, Any] | None = None
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -79,7 +95,8 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def filter_train_dataset(self) -> dict[str, Any] | None:
-        """Score, decide and drop; write the report. Returns the report summary (None when there is nothing to report).
+        """Mix in safety samples, score, decide and drop; write the report. Returns the report summary (None when there
+        is nothing to report).
 
         Called by `train()`; call it directly to score without training (what `safetrainer score` does). Runs once
         per trainer: later calls return the first summary.
@@ -89,15 +106,22 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         self._safety_filter_done = True
         args: SafetyAwareSFTConfig = self.args
         if self._safety_input is None or SAMPLE_IDX not in self.train_dataset.column_names:
+            if args.mix_enabled:
+                raise TypeError("safety_mix_pool needs a map-style `datasets.Dataset` train_dataset without packing.")
             return None  # iterable or packed data: no per-row identity to report on
         prepared_idx = self.train_dataset[SAMPLE_IDX]
         rejected = dict(self._safety_input.rejected) | self._removed_by_preparation(prepared_idx)
+        if args.mix_enabled:
+            self._mix_safety_samples(num_train=len(prepared_idx))
+            rejected |= self._mix_removed_by_preparation()
         result = None
         if args.filter_enabled:
+            present = self.train_dataset[SAMPLE_IDX]
+            scored = [i for i in present if i < self._safety_input.num_rows or args.safety_mix_filterable]
             result = score_and_decide(
                 self.model,
                 self._safety_tokenizer,
-                self._scoring_candidates(prepared_idx),
+                self._scoring_candidates(scored),
                 build_scorers(args),
                 args.safety_threshold_policy,
                 args.safety_threshold_value,
@@ -111,21 +135,27 @@ class SafetyAwareSFTTrainer(SFTTrainer):
                 gradient_blocks=args.safety_gradient_blocks,
             )
             dropped = set(result.sample_idx[~result.decision.keep].tolist())
-            if len(dropped) == len(prepared_idx):
+            if len(dropped) == len(scored):
                 raise ValueError(
                     f"The safety filter would drop all {len(dropped)} samples ({result.decision.policy}); raise the "
                     "threshold (safety_threshold_value) or lower the fraction/count to drop."
                 )
             self.train_dataset = self.train_dataset.select(
-                [pos for pos, idx in enumerate(prepared_idx) if idx not in dropped]
+                [pos for pos, idx in enumerate(present) if idx not in dropped]
             )
-        table = build_table(self._safety_input.num_rows, self._safety_input.previews, rejected, result)
+        table = build_table(
+            self._safety_input.num_rows, self._safety_input.previews, rejected, result, self._mix_report_rows()
+        )
         extra = {"input_format": self._safety_input.input_format, "model": self.model.config._name_or_path}
+        if self.safety_mix is not None:
+            extra["safety_mix"] = self.safety_mix.summary()
         summary = build_summary(table, result, args.safety_dict(), extra)
         for key, value in counts(table).items():
             self._metrics["train"][f"safety/{key}"] = [float(value)]
         if args.safety_report and self.is_world_process_zero():
             report_dir = write_report(Path(args.output_dir) / "safety_report", table, summary)
+            if self.safety_mix is not None:
+                self.safety_mix.write(report_dir)
             logger.info("Safety report: %s (%s)", report_dir, _counts_line(summary["counts"]))
         self.safety_summary = summary
         return summary
@@ -144,6 +174,66 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         )
         return {idx: why for idx in kept_input if idx not in present}
 
+    def _mix_safety_samples(self, num_train: int) -> None:
+        """Choose the safety samples (on rank 0; the choice is broadcast) and append them to the training set."""
+        args: SafetyAwareSFTConfig = self.args
+        rank, _ = rank_and_world_size()
+        try:
+            outcome = self._select_safety_mix(num_train) if rank == 0 else None
+        except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
+            outcome = err  # raised on every rank below, so no rank waits on a collective that never comes
+        outcome = broadcast_object(outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        self.safety_mix = outcome
+        table = outcome.table()
+        self._safety_mix_rows = rows_like(
+            self._safety_input, table["prompt"], table["response"], first_idx=self._safety_input.num_rows
+        )
+        prepared = self._prepare_dataset(self._safety_mix_rows, self.processing_class, args, False, None, "safety_mix")
+        self.train_dataset = concatenate_datasets([self.train_dataset, _columns_like(prepared, self.train_dataset)])
+        logger.info("Safety mix: %d samples (%s) from %s", len(outcome), outcome.strategy, args.safety_mix_pool)
+
+    def _select_safety_mix(self, num_train: int) -> SafetyMix:
+        args: SafetyAwareSFTConfig = self.args
+        pool = load_pool(args.safety_mix_pool, judge=args.safety_mix_judge)
+        base, _ = parse_strategy(args.safety_mix_strategy)
+        if args.safety_mix_embedder:
+            embedder = SentenceEmbedder(args.safety_mix_embedder)
+        else:
+            tokenizer, batch = self._safety_tokenizer, args.safety_scoring_batch_size
+            embedder = ModelEmbedder(self.model, tokenizer, batch_size=batch, max_length=args.max_length)
+        train_pairs = pair_texts(self._safety_input) if base == "cossim" else None
+        return select_safety_mix(
+            pool,
+            args.safety_mix_strategy,
+            args.safety_mix_budget,
+            num_train=num_train,
+            seed=args.seed if args.safety_mix_seed is None else args.safety_mix_seed,
+            embedder=embedder,
+            train_pairs=train_pairs,
+            categories=args.safety_mix_categories,
+            category_reference=args.safety_mix_category_reference,
+            num_clusters=args.safety_mix_num_clusters,
+        )
+
+    def _mix_removed_by_preparation(self) -> dict[int, str]:
+        present = set(self.train_dataset[SAMPLE_IDX])
+        why = f"mixed sample removed by SFT preparation: no completion token within max_length={self.args.max_length}"
+        return {idx: why for idx in self._safety_mix_rows[SAMPLE_IDX] if idx not in present}
+
+    def _mix_report_rows(self) -> list[tuple[str, str]] | None:
+        """(prompt preview, reason) of each mixed sample, in sample_idx order."""
+        if self.safety_mix is None:
+            return None
+        table = self.safety_mix.table()
+        return [
+            (preview_text(prompt), f"safety mix, pool row {idx} ({behavior}): {reason}")
+            for idx, behavior, prompt, reason in zip(
+                table["pool_idx"], table["behavior"], table["prompt"], table["reason"], strict=True
+            )
+        ]
+
     def _scoring_candidates(self, prepared_idx: list[int]):
         if self._safety_input.input_format == "text":
             raise ValueError(
@@ -152,8 +242,11 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             )
         wanted = set(prepared_idx)
         candidates = []
+        sources = [self._safety_input.dataset]
+        if self._safety_mix_rows is not None and self.args.safety_mix_filterable:
+            sources.append(self._safety_mix_rows)
         # One sequential pass over the rows: random row access on an Arrow dataset is slow for large sets.
-        for row in self._safety_input.dataset:
+        for row in itertools.chain(*sources):
             idx = row[SAMPLE_IDX]
             pair = to_prompt_completion(row) if idx in wanted else None
             example = None if pair is None else tokenize_pair(self._safety_tokenizer, *pair, idx, self.args.max_length)
@@ -169,6 +262,14 @@ class SafetyAwareSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs.pop(SAMPLE_IDX, None)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+def _columns_like(dataset: Dataset, like: Dataset) -> Dataset:
+    """`dataset` with exactly `like`'s columns and types (columns it lacks filled with nulls), for concatenation."""
+    for name in like.column_names:
+        if name not in dataset.column_names:
+            dataset = dataset.add_column(name, [None] * len(dataset))
+    return dataset.select_columns(like.column_names).cast(like.features)
 
 
 def _as_safety_config(args, model) -> SafetyAwareSFTConfig:
@@ -201,4 +302,5 @@ def _check_chat_template(processing_class, prepared, args) -> None:
 
 
 def _counts_line(c: dict[str, int]) -> str:
-    return f"{c['input']} input rows: {c['kept']} kept, {c['dropped']} dropped, {c['rejected']} rejected"
+    mixed = f" + {c['mixed']} mixed safety samples" if c["mixed"] else ""
+    return f"{c['input']} input rows{mixed}: {c['kept']} kept, {c['dropped']} dropped, {c['rejected']} rejected"

@@ -40,7 +40,7 @@ def test_score_without_config_writes_report_indexed_by_file_row(tiny_model_dir, 
     table, summary = read_report(tmp_path / "out")
     assert table["sample_idx"] == list(range(12))
     assert table["prompt_preview"][3] == "Question 3?"
-    assert summary["counts"] == {"input": 12, "kept": 10, "dropped": 2, "rejected": 0}
+    assert summary["counts"] == {"input": 12, "mixed": 0, "kept": 10, "dropped": 2, "rejected": 0}
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
@@ -155,11 +155,32 @@ def test_two_process_training_filters_then_trains_under_ddp(tiny_model_dir, tmp_
             "--use_peft",
             "--lora_r",
             "4",
+            "--safety_mix_pool",
+            "builtin:refusal_pool",
+            "--safety_mix_strategy",
+            "pss-b",
+            "--safety_mix_budget",
+            "7",
         ],
         tmp_path,
     )
-    _, summary = read_report(out)
+    table, summary = read_report(out)
     assert summary["world_size"] == 2 and summary["counts"]["dropped"] == 7
+    # PSS embeds on rank 0 only; the broadcast choice is what both ranks train on.
+    assert summary["counts"]["mixed"] == 7 and table["source"].count("mix") == 7
     assert (out / "adapter_model.safetensors").is_file()
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["max_steps"] == state["global_step"] == -(-63 // 8)  # 63 kept rows, 2 ranks x batch 4
+    assert state["max_steps"] == state["global_step"] == -(-70 // 8)  # 63 kept + 7 mixed rows, 2 ranks x batch 4
+
+
+def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "mix"
+    main(["mix", "--pool", "builtin:refusal_pool", "--strategy", "cossim-b", "--budget", "0.1", "--train-file",
+          "builtin:demo_sft", "--model", tiny_model_dir, "--output-dir", str(out)])  # fmt: skip
+    table = pq.read_table(out / "mix.parquet").to_pydict()
+    assert list(table) == ["pool_idx", "category", "behavior", "prompt", "response", "reason"]
+    assert len(table["pool_idx"]) == 7  # 10% of demo_sft's 70 rows
+    assert set(table["behavior"]) == {"T1"} and "cossim" in table["reason"][0]
+    summary = json.loads((out / "mix_summary.json").read_text())
+    assert "centroid of 70 training rows" in summary["notes"][0]
+    assert '"selected": 7' in capsys.readouterr().out

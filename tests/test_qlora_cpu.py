@@ -39,5 +39,5 @@ def test_filter_and_train_a_4bit_model(tiny_model_dir, tokenizer, tmp_path):
     )
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in trainer.model.modules())
     result = trainer.train()
-    assert trainer.safety_summary["counts"] == {"input": 8, "kept": 7, "dropped": 1, "rejected": 0}
+    assert trainer.safety_summary["counts"] == {"input": 8, "mixed": 0, "kept": 7, "dropped": 1, "rejected": 0}
     assert result.global_step == 1

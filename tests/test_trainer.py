@@ -81,7 +81,7 @@ def test_sample_idx_survives_truncation_filter_and_shuffle(tokenizer, tmp_path):
     for row in ds:
         assert rows[row[SAMPLE_IDX]]["output"] in tokenizer.decode(row["input_ids"])
     summary = trainer.filter_train_dataset()
-    assert summary["counts"] == {"input": 8, "kept": 7, "dropped": 0, "rejected": 1}
+    assert summary["counts"] == {"input": 8, "mixed": 0, "kept": 7, "dropped": 0, "rejected": 1}
     assert list(summary["rejected_reasons"]) == [
         "rejected by SFT preparation: no completion token left after truncation to max_length=96"
     ]
@@ -135,7 +135,7 @@ def test_filter_pass_drops_before_the_dataloader_and_reports_every_row(tokenizer
     assert all(r["prompt_preview"] for r in table)
 
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["counts"] == {"input": 70, "kept": 59, "dropped": 10, "rejected": 1}
+    assert summary["counts"] == {"input": 70, "mixed": 0, "kept": 59, "dropped": 10, "rejected": 1}
     assert summary["scorers"]["datashield"]["layer"] in range(1, 5)
     assert summary["threshold"] == pytest.approx(min(dropped_scores))
     assert summary["safety_config"]["safety_scorers"] == ["datashield"]
@@ -217,7 +217,7 @@ def test_messages_rows_are_scored_before_their_last_assistant_turn(tokenizer, tm
         max_steps=1,
     )
     summary = trainer.filter_train_dataset()
-    assert summary["counts"] == {"input": 7, "kept": 6, "dropped": 1, "rejected": 0}
+    assert summary["counts"] == {"input": 7, "mixed": 0, "kept": 6, "dropped": 1, "rejected": 0}
     table = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
     assert table["reason"][6] == "kept: unscored (not in the scoring pass)"
     assert all(np.isfinite(table["score_datashield"][:6])) and np.isnan(table["score_datashield"][6])

@@ -1,7 +1,16 @@
 """Data: loading from built-ins, files or the Hub; format detection, row checks and `sample_idx`."""
 
 from .collator import SampleIdxCollator
-from .formats import SAMPLE_IDX, PreparedInput, detect_format, prepare_input, to_prompt_completion
+from .formats import (
+    SAMPLE_IDX,
+    PreparedInput,
+    detect_format,
+    pair_texts,
+    prepare_input,
+    preview_text,
+    rows_like,
+    to_prompt_completion,
+)
 from .loading import BUILTIN_PREFIX, builtin_names, load_data
 from .tokenization import TokenizedPair, chat_pair, tokenize_pair
 
@@ -15,7 +24,10 @@ __all__ = [
     "chat_pair",
     "detect_format",
     "load_data",
+    "pair_texts",
     "prepare_input",
+    "preview_text",
+    "rows_like",
     "to_prompt_completion",
     "tokenize_pair",
 ]

@@ -209,5 +209,44 @@ def _preview(row: dict[str, Any], input_format: str, text_field: str) -> str:
         text = row["prompt"]
         if isinstance(text, list):
             text = next((m.get("content") for m in text if isinstance(m, dict) and m.get("role") == "user"), "")
-    text = text if isinstance(text, str) else repr(text)
+    return preview_text(text if isinstance(text, str) else repr(text))
+
+
+def preview_text(text: str) -> str:
+    """A prompt's preview in the report: whitespace collapsed, cut to PREVIEW_CHARS characters."""
     return " ".join(text.split())[:PREVIEW_CHARS]
+
+
+def rows_like(prepared: PreparedInput, prompts: list[str], responses: list[str], first_idx: int) -> Dataset:
+    """Single-turn (prompt, response) pairs as rows of the prepared training data's format, numbered from
+    `first_idx`: `messages` rows for a messages dataset, conversational prompt/completion otherwise.
+
+    Plain-string prompt/completion and `text` data have no format a conversation can be rendered into without
+    guessing the user's template, so they raise a ValueError.
+    """
+    sample = prepared.dataset[0]
+    conversational = prepared.input_format == "messages" or isinstance(sample.get("prompt"), list)
+    if not conversational:
+        raise ValueError(
+            f"safety_mix_pool: the training data is {prepared.input_format!r} with plain strings, and mixed samples "
+            "are chat turns rendered with the model's chat template; give conversational training data (messages, "
+            "prompt/completion message lists, prompt/response or Alpaca rows) or leave safety_mix_pool unset."
+        )
+    rows = []
+    for offset, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        user, assistant = {"role": "user", "content": prompt}, {"role": "assistant", "content": response}
+        if prepared.input_format == "messages":
+            rows.append({"messages": [user, assistant], SAMPLE_IDX: first_idx + offset})
+        else:
+            rows.append({"prompt": [user], "completion": [assistant], SAMPLE_IDX: first_idx + offset})
+    return Dataset.from_list(rows)
+
+
+def pair_texts(prepared: PreparedInput) -> tuple[list[str], list[str]]:
+    """(prompts, responses) as plain text of every prepared row that has a response (message contents joined)."""
+
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+    pairs = [pair for pair in map(to_prompt_completion, prepared.dataset) if pair is not None]
+    return [text(p) for p, _ in pairs], [text(c) for _, c in pairs]

@@ -1,1 +1,26 @@
-"""Samplers (safety-sample mixing, constant-length samplers for online drops)."""
+"""Behavior-aware safety mixing: safety pools typed T1..T4, harm categories, and budgeted samplers."""
+
+from .categories import CATEGORY_METHODS, DEFAULT_CATEGORY_REFERENCE, assign_categories
+from .embedding import Embedder, ModelEmbedder, SentenceEmbedder
+from .mixing import MIX_COLUMNS, SafetyMix, select_safety_mix
+from .pool import BEHAVIOR_TYPES, SafetyPool, behavior_type, load_pool
+from .strategies import STRATEGIES, parse_strategy, resolve_budget
+
+__all__ = [
+    "BEHAVIOR_TYPES",
+    "CATEGORY_METHODS",
+    "DEFAULT_CATEGORY_REFERENCE",
+    "MIX_COLUMNS",
+    "STRATEGIES",
+    "Embedder",
+    "ModelEmbedder",
+    "SafetyMix",
+    "SafetyPool",
+    "SentenceEmbedder",
+    "assign_categories",
+    "behavior_type",
+    "load_pool",
+    "parse_strategy",
+    "resolve_budget",
+    "select_safety_mix",
+]

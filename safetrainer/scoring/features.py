@@ -20,9 +20,10 @@ from ..data.tokenization import TokenizedPair, pad_right
 
 # Poolings a scorer can request, per sample and layer:
 #   prompt_last   - the last prompt token (position P-1)
+#   prompt_mean   - mean over prompt tokens, special tokens (chat-template markers) excluded
 #   response_mean - mean over response tokens, special tokens (end-of-turn, EOS) excluded
 #   end_of_turn   - the last special token of the response (its end-of-turn marker), else its last token
-POOLINGS = ("prompt_last", "response_mean", "end_of_turn")
+POOLINGS = ("prompt_last", "prompt_mean", "response_mean", "end_of_turn")
 
 
 @dataclass(frozen=True)
@@ -165,14 +166,21 @@ class HiddenStateExtractor:
         weights = {}
         if "prompt_last" in poolings:
             weights["prompt_last"] = (positions == prompt_len - 1).float()
+        if "prompt_mean" in poolings:
+            weights["prompt_mean"] = _content_mean(positions < prompt_len, is_special)
         if "response_mean" in poolings:
-            content = is_response & ~is_special
-            # A response made only of special tokens still gets a defined mean over all its tokens.
-            content = torch.where(content.any(1, keepdim=True), content, is_response).float()
-            weights["response_mean"] = content / content.sum(1, keepdim=True)
+            weights["response_mean"] = _content_mean(is_response, is_special)
         if "end_of_turn" in poolings:
             marker = is_response & is_special
             candidates = torch.where(marker.any(1, keepdim=True), marker, is_response)
             last = (candidates * positions).argmax(1, keepdim=True)
             weights["end_of_turn"] = (positions == last).float()
         return weights
+
+
+def _content_mean(span: torch.Tensor, is_special: torch.Tensor) -> torch.Tensor:
+    """Averaging weights over the non-special tokens of `span`; a span made only of special tokens still gets a
+    defined mean over all its tokens."""
+    content = span & ~is_special
+    content = torch.where(content.any(1, keepdim=True), content, span).float()
+    return content / content.sum(1, keepdim=True)

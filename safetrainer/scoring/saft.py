@@ -32,6 +32,8 @@ MIN_VALIDATION_PER_CLASS = 4
 # Unsupervised default, as a fraction of the model's depth: see BENCHMARKS.md (detection) for how it measures.
 DEFAULT_DEPTH_FRACTION = 0.5
 DEFAULT_POOLING = "response_mean"
+# The poolings the validation search tries (prompt_mean, added for embeddings, was never measured as a risk signal).
+SEARCHED_POOLINGS = ("prompt_last", "response_mean", "end_of_turn")
 DEFAULT_K = 1
 
 
@@ -114,7 +116,7 @@ class SAFTScorer:
         if self.pooling is not None:
             poolings = {self.pooling}
         elif self.supervised:
-            poolings = set(POOLINGS)
+            poolings = set(SEARCHED_POOLINGS)
         else:
             poolings = {DEFAULT_POOLING}
         return FeatureRequest(frozenset(layers), frozenset(poolings))

@@ -1,0 +1,75 @@
+"""Text embeddings for the mixing samplers: the training model's own hidden states, or a sentence-embedding model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from ..data import chat_pair, tokenize_pair
+from ..scoring.features import FeatureRequest, HiddenStateExtractor, num_layers
+
+
+class Embedder(Protocol):
+    """Maps (prompt, response) pairs to unit-norm vectors: of the instruction alone, or of the whole pair."""
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray: ...
+
+
+class ModelEmbedder:
+    """Mean hidden state of a middle layer of the training model, over the instruction's tokens (chat-template
+    markers excluded) or, for whole pairs, the average of the instruction and response means.
+
+    No extra model to download; a causal LM's middle layers separate topics well enough to find categories and
+    prototypes, and one forward pass per batch serves both kinds of embedding.
+    """
+
+    def __init__(self, model, tokenizer, layer: int | None = None, batch_size: int = 8, max_length: int = 256):
+        self.tokenizer = tokenizer
+        self.layer = layer if layer is not None else max(1, num_layers(model) // 2)
+        self.max_length = max_length
+        special_ids = [i for i in tokenizer.all_special_ids if i is not None]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.extractor = HiddenStateExtractor(model, pad_id, special_ids, batch_size)
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
+        pairs = []
+        for idx, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            pair = tokenize_pair(self.tokenizer, *chat_pair(prompt, response or "."), idx, self.max_length)
+            if pair is None:  # the prompt alone fills max_length: embed a truncated prompt with a stub response
+                pair = tokenize_pair(self.tokenizer, *chat_pair(prompt[: self.max_length], "."), idx)
+            pairs.append(pair)
+        poolings = {"prompt_mean"} if instruction_only else {"prompt_mean", "response_mean"}
+        states = self.extractor(pairs, FeatureRequest(frozenset({self.layer}), frozenset(poolings)), "Embedding")
+        vectors = states.get(self.layer, "prompt_mean")
+        if not instruction_only:
+            vectors = (vectors + states.get(self.layer, "response_mean")) / 2
+        return normalize(vectors)
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model (e.g. `sentence-transformers/all-mpnet-base-v2`, as in the behavior-aware
+    paper); pairs are embedded as "instruction\\nresponse"."""
+
+    def __init__(self, model_id: str, batch_size: int = 32):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise ImportError(
+                f"safety_mix_embedder={model_id!r} needs the sentence-transformers package: pip install "
+                "sentence-transformers (or leave safety_mix_embedder unset to use the training model)."
+            ) from err
+        self.model = SentenceTransformer(model_id)
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
+        texts = list(prompts) if instruction_only else [f"{p}\n{r}" for p, r in zip(prompts, responses, strict=True)]
+        return normalize(np.asarray(self.model.encode(texts, batch_size=self.batch_size)))
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)

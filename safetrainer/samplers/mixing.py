@@ -1,0 +1,144 @@
+"""Behavior-aware safety mixing: choose a budget of pool rows to add to the training set, and say why each one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .categories import DEFAULT_CATEGORY_REFERENCE, assign_categories, category_prototypes
+from .embedding import Embedder, normalize
+from .pool import SafetyPool
+from .strategies import CATEGORY_STRATEGIES, Pick, parse_strategy, resolve_budget, select
+
+MIX_COLUMNS = ("pool_idx", "category", "behavior", "prompt", "response", "reason")
+
+
+@dataclass
+class SafetyMix:
+    """The selected rows of a pool, in selection order, with the selection's settings and its shortfalls."""
+
+    pool: SafetyPool
+    strategy: str
+    budget: int
+    seed: int
+    picks: list[Pick]
+    shortfall: dict[str, dict[str, int]]
+    notes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def table(self) -> dict[str, list]:
+        """One row per selected sample: `pool_idx`, `category` (all of the row's categories, "; "-joined),
+        `behavior`, `prompt`, `response`, `reason`."""
+        behavior = self.pool.behavior
+        return {
+            "pool_idx": [p.pool_idx for p in self.picks],
+            "category": ["; ".join(self.pool.categories[p.pool_idx]) for p in self.picks],
+            "behavior": [behavior[p.pool_idx] for p in self.picks],
+            "prompt": [self.pool.prompts[p.pool_idx] for p in self.picks],
+            "response": [self.pool.responses[p.pool_idx] for p in self.picks],
+            "reason": [p.reason for p in self.picks],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The pool's typing and category counts, the selection's counts per behavior and category, shortfalls."""
+        table = self.table()
+        return {
+            "strategy": self.strategy,
+            "budget": self.budget,
+            "selected": len(self),
+            "seed": self.seed,
+            "pool": self.pool.summary(),
+            "selected_behavior_counts": dict(Counter(table["behavior"])),
+            "selected_category_counts": dict(
+                sorted(Counter(c for p in self.picks for c in self.pool.categories[p.pool_idx]).items())
+            ),
+            "shortfall": self.shortfall,
+            "notes": self.notes,
+        }
+
+    def write(self, output_dir: str | Path) -> Path:
+        """Write `mix.parquet` (the table) and `mix_summary.json` into `output_dir`; returns the parquet path."""
+        import json
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / "mix.parquet"
+        schema = pa.schema([("pool_idx", pa.int64())] + [(c, pa.string()) for c in MIX_COLUMNS[1:]])
+        pq.write_table(pa.table(self.table(), schema=schema), path)
+        (output_dir / "mix_summary.json").write_text(json.dumps(self.summary(), indent=2, default=str))
+        return path
+
+
+def select_safety_mix(
+    pool: SafetyPool,
+    strategy: str,
+    budget: float,
+    num_train: int | None = None,
+    seed: int = 0,
+    embedder: Embedder | None = None,
+    train_pairs: tuple[Sequence[str], Sequence[str]] | None = None,
+    categories: str = "auto",
+    category_reference: str | None = None,
+    num_clusters: int = 14,
+) -> SafetyMix:
+    """Choose `budget` rows of `pool` with `strategy` (see `safetrainer.samplers.STRATEGIES`).
+
+    `budget` is a count or a fraction of `num_train`. Category-aware strategies assign categories first
+    (`categories`: auto / column / nearest / kmeans; see `assign_categories`). PSS and Cossim embed with `embedder`;
+    Cossim compares (instruction + response) embeddings with the centroid of `train_pairs` (prompts, responses) when
+    given, else instruction embeddings with the category references. Deterministic for a seed.
+    """
+    base, t1_only = parse_strategy(strategy)
+    count = resolve_budget(budget, num_train)
+    candidates = pool.eligible(t1_only)
+    if len(candidates) == 0:
+        counts = pool.summary()["behavior_counts"]
+        need = "T1 (harmful instruction + refusal)" if t1_only else "T1, T3 or T4"
+        raise ValueError(
+            f"safety_mix_pool {pool.source!r} has no {need} row to mix in (behavior counts {counts}, "
+            f"{len(pool.excluded)} excluded): the judge found no refusal, or every row is excluded. Give a pool of "
+            "refusals, or another judge (safety_mix_judge)."
+        )
+    notes = []
+    if count > len(candidates):
+        notes.append(f"budget {count} exceeds the {len(candidates)} eligible rows: all of them are mixed in")
+    reference = category_reference or DEFAULT_CATEGORY_REFERENCE
+    if base in CATEGORY_STRATEGIES:
+        assign_categories(pool, categories, embedder, reference, num_clusters, seed=seed)
+    rng = np.random.default_rng(seed)
+    embeddings = similarity = None
+    if base in ("pss", "cossim"):
+        if embedder is None:
+            raise ValueError(f"safety_mix_strategy={strategy!r} needs an embedder (the training model or a named one).")
+        instruction = embedder(pool.prompts, pool.responses, instruction_only=True)
+        center = instruction.mean(0)
+        embeddings = normalize(instruction - center)
+        if base == "cossim":
+            similarity = _cossim_targets(pool, embedder, embeddings, center, train_pairs, reference, notes)
+    picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity)
+    for category, gap in shortfall.items():
+        notes.append(f"category {category!r} had {gap['taken']} of its quota {gap['quota']}; topped up elsewhere")
+    return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes)
+
+
+def _cossim_targets(pool, embedder, instruction_embeddings, center, train_pairs, reference, notes):
+    if train_pairs is not None and len(train_pairs[0]):
+        pool_pairs = embedder(pool.prompts, pool.responses, instruction_only=False)
+        train = embedder(*train_pairs, instruction_only=False)
+        pair_center = pool_pairs.mean(0)
+        centroid = normalize((train - pair_center).mean(0, keepdims=True))[0]
+        notes.append(f"cossim target: centroid of {len(train_pairs[0])} training rows")
+        return normalize(pool_pairs - pair_center) @ centroid
+    prototypes = category_prototypes(reference, embedder, center)
+    notes.append(f"cossim target: category references ({reference})")
+    return {name: instruction_embeddings @ vector for name, vector in prototypes.items()}

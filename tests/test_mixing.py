@@ -1,0 +1,213 @@
+"""Behavior-aware safety mixing: typing, categories, samplers, trainer integration and bad input."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from safetrainer import SafetyAwareSFTConfig
+from safetrainer.samplers import (
+    ModelEmbedder,
+    assign_categories,
+    behavior_type,
+    load_pool,
+    parse_strategy,
+    resolve_budget,
+    select_safety_mix,
+)
+from safetrainer.samplers.strategies import select
+
+from .conftest import make_tiny_llama, shared_file
+from .test_trainer import COMMON, alpaca_rows, conversational, safety_trainer
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def pool_rows(sizes: dict[str, int]) -> list[dict]:
+    """Refusal rows per category, plus one harmful compliance (T2) and one benign answer (T3)."""
+    rows = [
+        {"prompt": f"Harmful request {i} about {category}", "response": REFUSAL, "category": category, "harmful": True}
+        for category, n in sizes.items()
+        for i in range(n)
+    ]
+    rows.append(
+        {"prompt": "Harmful request answered", "response": "Sure, here is how.", "category": "a", "harmful": True}
+    )
+    rows.append(
+        {"prompt": "What is rain?", "response": "Water falling from clouds.", "category": "a", "harmful": False}
+    )
+    return rows
+
+
+def test_behavior_types():
+    assert [behavior_type(h, r) for h, r in [(1, 1), (1, 0), (0, 0), (0, 1)]] == ["T1", "T2", "T3", "T4"]
+
+
+def test_pool_typing_counts_and_flag_sources(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"a": 2, "b": 1})))
+    assert pool.behavior == ["T1", "T1", "T1", "T2", "T3"]
+    summary = pool.summary()
+    assert summary["behavior_counts"] == {"T1": 3, "T2": 1, "T3": 1, "T4": 0}
+    assert summary["harmful_source"] == "column" and summary["category_source"] == "column"
+    assert pool.eligible(t1_only=True).tolist() == [0, 1, 2]
+    assert pool.eligible(t1_only=False).tolist() == [0, 1, 2, 4]  # never T2
+
+    beavertails = [
+        {"prompt": "q", "response": REFUSAL, "is_safe": True, "category": {"self_harm": True, "x": False}},
+        {"prompt": "q2", "response": "harmful answer", "is_safe": False, "category": {"x": True}},
+    ]
+    pool = load_pool(write_jsonl(tmp_path / "bt.jsonl", beavertails))
+    assert pool.categories == [("self_harm",), ("x",)]
+    assert pool.excluded == {1: "harmful response (is_safe=False)"}
+
+    no_flags = load_pool(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "q", "response": REFUSAL}]))
+    assert no_flags.harmful.tolist() == [True] and no_flags.harmful_source.startswith("default")
+    classified = load_pool(
+        write_jsonl(tmp_path / "n.jsonl", [{"prompt": "q", "response": REFUSAL}]),
+        harmful_classifier=lambda prompts: [False] * len(prompts),
+    )
+    assert classified.behavior == ["T4"] and classified.harmful_source == "classifier"
+
+
+def test_pool_bad_input_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="prompt column"):
+        load_pool(write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}]))
+    with pytest.raises(ValueError, match="'harmful' must be a boolean"):
+        load_pool(write_jsonl(tmp_path / "b.jsonl", [{"prompt": "q", "response": REFUSAL, "harmful": "maybe"}]))
+    pool = load_pool(
+        write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "response": " "}, {"prompt": "q", "response": REFUSAL}])
+    )
+    assert pool.excluded == {0: "empty or non-text response"}
+
+
+def test_no_refusal_signal_is_a_clear_error(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}", "response": "Sure."} for i in range(4)]))
+    with pytest.raises(ValueError, match="no T1"):
+        select_safety_mix(pool, "sss-b", 2)
+
+
+def test_strategy_and_budget_parsing():
+    assert parse_strategy("PSS_B") == ("pss", True) and parse_strategy("random") == ("random", False)
+    with pytest.raises(ValueError, match="allowed: random, sss"):
+        parse_strategy("best")
+    assert resolve_budget(3, None) == 3 and resolve_budget(0.02, 300) == 6 and resolve_budget(0.001, 10) == 1
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="safety_mix_budget"):
+            resolve_budget(bad, 100)
+    with pytest.raises(ValueError, match="safety_mix_budget"):
+        SafetyAwareSFTConfig(output_dir="x", safety_mix_budget=2.5, **COMMON)
+    with pytest.raises(ValueError, match="safety_mix_strategy"):
+        SafetyAwareSFTConfig(output_dir="x", safety_mix_strategy="nope", **COMMON)
+
+
+def test_sss_takes_smallest_categories_first_tops_up_and_reports_shortfall(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"big": 6, "mid": 3, "small": 1})))
+    mix = select_safety_mix(pool, "sss-b", 9, seed=0)
+    table = mix.table()
+    assert len(mix) == 9 and set(table["behavior"]) == {"T1"}
+    assert table["category"][0] == "small"  # smallest stratum first
+    counts = mix.summary()["selected_category_counts"]
+    assert counts["small"] == 1 and counts["mid"] == 3 and counts["big"] == 5  # quota 3; small short by 2; top-up
+    assert mix.shortfall == {"small": {"quota": 3, "taken": 1}}
+    assert any("small" in note for note in mix.notes)
+    assert sum(r.startswith("top-up") for r in table["reason"]) == 2
+    assert select_safety_mix(pool, "sss-b", 9, seed=0).table() == table  # deterministic per seed
+    assert select_safety_mix(pool, "sss-b", 9, seed=1).table()["pool_idx"] != table["pool_idx"]
+
+
+def test_budget_larger_than_pool_takes_everything_and_says_so(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"a": 2, "b": 2})))
+    mix = select_safety_mix(pool, "random-b", 50)
+    assert sorted(mix.table()["pool_idx"]) == [0, 1, 2, 3]
+    assert "exceeds the 4 eligible rows" in mix.notes[0]
+    assert sorted(select_safety_mix(pool, "random", 50).table()["pool_idx"]) == [0, 1, 2, 3, 5]
+
+
+def test_pss_takes_members_closest_to_the_category_centroid():
+    embeddings = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.6, 0.8], [0.1, 0.9]], dtype=np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    categories = [("a",), ("a",), ("a",), ("b",), ("b",)]
+    picks, _ = select("pss", np.arange(5), categories, 2, np.random.default_rng(0), embeddings)
+    by_category = {p.category: p.pool_idx for p in picks}
+    assert by_category["a"] == 1  # the member nearest a's centroid, not its first row
+    picks, _ = select("cossim", np.arange(5), categories, 2, np.random.default_rng(0),
+                      target_similarity=np.array([0.1, 0.2, 0.9, 0.3, 0.0]))  # fmt: skip
+    assert {p.category: p.pool_idx for p in picks} == {"a": 2, "b": 3}
+
+
+def test_categories_inferred_by_nearest_prototype_and_kmeans(tokenizer, tmp_path):
+    prompts = [f"How do I hurt {x}?" for x in ("a dog", "a cat", "my neighbour", "a stranger")]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "response": REFUSAL} for p in prompts]))
+    reference = write_jsonl(tmp_path / "ref.jsonl", [
+        {"prompt": "Hurt a dog", "category": "animal_abuse"}, {"prompt": "Hurt a person", "category": "violence"},
+    ])  # fmt: skip
+    embedder = ModelEmbedder(make_tiny_llama(tokenizer), tokenizer)
+    assign_categories(pool, "nearest", embedder, reference, min_similarity=-1.0)
+    assert pool.category_source.startswith("nearest prototype")
+    assert all(set(c) <= {"animal_abuse", "violence"} and c for c in pool.categories)
+    assign_categories(pool, "kmeans", embedder, num_clusters=2)
+    assert {c for (c,) in pool.categories} <= {"cluster_0", "cluster_1"} and pool.category_source == "kmeans (k=2)"
+    with pytest.raises(ValueError, match="no category values"):
+        assign_categories(load_pool(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "q", "response": REFUSAL}])),
+                          "column", embedder)  # fmt: skip
+
+
+def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokenizer, tmp_path):
+    trainer = safety_trainer(
+        tokenizer, tmp_path, alpaca_rows(16), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="sss-b",
+        safety_mix_budget=4, safety_scorers=["random"], safety_threshold_value=0.25, max_steps=1,
+    )  # fmt: skip
+    trainer.train()
+    sample_idx = sorted(trainer.train_dataset["sample_idx"])
+    assert [i for i in sample_idx if i >= 16] == [16, 17, 18, 19]  # mixed rows kept: the filter never drops them
+    report = tmp_path / "safety_report"
+    table = pq.read_table(report / "scores.parquet").to_pydict()
+    assert table["source"] == ["train"] * 16 + ["mix"] * 4
+    assert all(r.startswith("kept: safety mix, pool row") for r in table["reason"][16:])
+    assert table["decision"][:16].count("dropped") == 4
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["counts"]["mixed"] == 4 and summary["safety_mix"]["selected_behavior_counts"] == {"T1": 4}
+    mix = pq.read_table(report / "mix.parquet").to_pydict()
+    assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason"]
+    assert len(set(mix["category"])) == 4  # stratified: four different categories
+
+
+def test_mixed_rows_follow_the_training_format(tokenizer, tmp_path):
+    messages = [{"messages": p["prompt"] + p["completion"]} for p in conversational(alpaca_rows(8))]
+    trainer = safety_trainer(tokenizer, tmp_path, messages, safety_mix_pool="builtin:refusal_pool",
+                             safety_mix_strategy="random-b", safety_mix_budget=0.25)  # fmt: skip
+    trainer.filter_train_dataset()
+    assert len(trainer.train_dataset) == 10  # 25% of 8 rows
+    plain = [{"prompt": f"Q{i}: ", "completion": f"A{i}"} for i in range(4)]
+    trainer = safety_trainer(tokenizer, tmp_path, plain, safety_mix_pool="builtin:refusal_pool",
+                             safety_mix_strategy="random-b", safety_mix_budget=1)  # fmt: skip
+    with pytest.raises(ValueError, match="conversational training data"):
+        trainer.filter_train_dataset()
+
+
+def test_filterable_mix_is_scored_too(tokenizer, tmp_path):
+    trainer = safety_trainer(
+        tokenizer, tmp_path, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="random-b",
+        safety_mix_budget=2, safety_mix_filterable=True, safety_scorers=["random"], safety_threshold_value=0.0,
+    )  # fmt: skip
+    table = trainer.filter_train_dataset()
+    assert table["counts"] == {"input": 8, "mixed": 2, "kept": 10, "dropped": 0, "rejected": 0}
+    scores = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()["score_random"]
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.slow
+def test_shared_safety_pool_types_and_infers_categories(tokenizer, tmp_path):
+    path = shared_file("safety_tuned_llamas/safety_only_data_Instructions.norm.jsonl")
+    pool = load_pool(str(path))
+    counts = pool.summary()["behavior_counts"]
+    assert counts["T1"] > 1000 and counts["T3"] == counts["T4"] == 0
+    mix = select_safety_mix(pool, "sss-b", 28, embedder=ModelEmbedder(make_tiny_llama(tokenizer), tokenizer))
+    assert mix.summary()["pool"]["category_source"].startswith("nearest prototype")
+    assert len(mix) == 28 and set(mix.table()["behavior"]) == {"T1"}
