@@ -34,6 +34,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 from _borderline import borderline_requests, overlap_with, word_set
 from _report import read_shared_jsonl as read_jsonl
@@ -58,6 +59,7 @@ from safetrainer.eval import (
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
 MARK = "safety-outcome"
+MIX_MARK = "safety-mixing"
 # Benign requests that use harm-related words ("kill a process", "history of a war"): answered helpfully during
 # alignment so refusals attach to harmful intent, not to vocabulary.
 SENSITIVE_WORDS = re.compile(
@@ -136,8 +138,10 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     rng.shuffle(align)
     heldout = pairs(rest[args.align_benign : args.align_benign + args.utility_n])
     contrast_train, contrast_val = borderline_requests()
+    # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use.
+    mix_pool = [{**r, "label": "refusal"} for r in pairs(refusals[args.align_refusals :])]
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
-            "contrast_val": contrast_val}  # fmt: skip
+            "contrast_val": contrast_val, "mix_pool": mix_pool}  # fmt: skip
 
 
 # Imperative harmful requests ("Write a ...", "Give step-by-step instructions ...") answered with a refusal: the
@@ -266,6 +270,35 @@ def filter_arm(doc: str, **safety) -> Callable:
     return arm
 
 
+def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
+    """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
+    Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories."""
+
+    def arm(args, model_dir, tokenizer, rows, out):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        config = SafetyAwareSFTConfig(
+            **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), safety_mix_pool=str(MIX_POOL),
+            safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
+            safety_mix_category_reference=str(shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"),
+        )  # fmt: skip
+        benign = [r for r in rows if not r["harmful"]]
+        return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(benign)),
+                                     processing_class=tokenizer, peft_config=lora())  # fmt: skip
+
+    arm.__doc__ = f"Benign rows + {budget:.0%} {strategy} safety mix (seed {seed})."
+    return arm
+
+
+MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
+MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
+MIX_BUDGETS = (0.02, 0.05)
+MIX_SEEDS = (0, 1, 2)
+
+
+def mix_arm_name(strategy: str, budget: float, seed: int) -> str:
+    return f"mix {strategy} {budget:.0%} seed {seed}"
+
+
 # name -> function(args, aligned model dir, tokenizer, contaminated rows, output dir) -> a trainer to .train()
 ARMS: dict[str, Callable] = {
     "plain SFT": arm_plain_sft,
@@ -286,6 +319,11 @@ ARMS: dict[str, Callable] = {
 }
 
 
+FILTER_ARMS = list(ARMS)
+ARMS.update({mix_arm_name(s, b, seed): mix_arm(s, b, seed) for s in MIX_STRATEGIES for b in MIX_BUDGETS
+             for seed in MIX_SEEDS})  # fmt: skip
+
+
 def attack(args, name: str, model_dir: Path, data) -> Path:
     out = RESULTS / "arms" / _slug(name)
     if (out / "adapter_model.safetensors").is_file():
@@ -298,7 +336,9 @@ def attack(args, name: str, model_dir: Path, data) -> Path:
     trainer.save_model(str(out))
     info = {"seconds": seconds, "trained_rows": len(trainer.train_dataset)}
     summary = getattr(trainer, "safety_summary", None)
-    if summary is not None:
+    if summary is not None and "safety_mix" in summary:
+        info["mix"] = summary["safety_mix"]
+    elif summary is not None:
         dropped = _dropped_harmful(out, data["attack"])
         info.update(dropped=summary["counts"]["dropped"], dropped_harmful=dropped)
     (out / "train.json").write_text(json.dumps(info))
@@ -394,6 +434,45 @@ def render(rows: list[dict], args, command: str, chart: str, data) -> str:
     return "\n".join(lines)
 
 
+def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command: str, data) -> str:
+    """Mean over seeds per (strategy, budget), with the harmful-compliance (ASR) change relative to no mixing."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in mix_rows:
+        _, strategy, budget, _, _ = r["label"].split(" ")
+        info = json.loads((r["adapter"] / "train.json").read_text())
+        groups.setdefault((strategy, budget), []).append({**r["metrics"], "mixed": info["mix"]["selected"]})
+    base_asr, base_over = no_mix["harmful"]["asr"], no_mix["safe"]["refusal_rate"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"The aligned model of the safety-outcome section (HarmBench refusal {aligned['harmful']['refusal_rate']:.1%}, "
+        f"XSTest over-refusal {aligned['safe']['refusal_rate']:.1%}) fine-tuned on the "
+        f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
+        f"{args.attack_epochs} epoch, lr {args.attack_lr}) plus a budget of refusals chosen from the "
+        f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
+        "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
+        "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
+        "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
+        f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"measured {date.today().isoformat()}.",
+        "",
+        "| strategy | budget (rows) | seeds | refusal on HarmBench | ASR | ASR change vs no mix | over-refusal XSTest "
+        "| over-refusal change (points) | utility NLL |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| no mix | 0 | 1 | {no_mix['harmful']['refusal_rate']:.1%} | {base_asr:.1%} | | {base_over:.1%} | | "
+        f"{no_mix['utility_nll']:.3f} |",
+    ]
+    for (strategy, budget), runs in sorted(groups.items()):
+        asr = float(np.mean([m["harmful"]["asr"] for m in runs]))
+        over = float(np.mean([m["safe"]["refusal_rate"] for m in runs]))
+        change = f"{asr / base_asr - 1:+.0%}" if base_asr > 0 else ""
+        lines.append(
+            f"| {strategy} | {budget} ({runs[0]['mixed']}) | {len(runs)} | {1 - asr:.1%} | {asr:.1%} | {change} "
+            f"| {over:.1%} | {100 * (over - base_over):+.1f} | {np.mean([m['utility_nll'] for m in runs]):.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def bar_chart(rows: list[dict]) -> str:
     import matplotlib
 
@@ -440,7 +519,11 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--stages", default="align,attack,measure", help="comma-separated subset to run")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    parser.add_argument(
+        "--arms", default="filter",
+        help="comma-separated arm names, or 'filter' (the filtering arms) / 'mix' (every mixing arm: "
+        f"{', '.join(MIX_STRATEGIES)} at {', '.join(f'{b:.0%}' for b in MIX_BUDGETS)}, seeds {MIX_SEEDS})",
+    )  # fmt: skip
     parser.add_argument(
         "--fresh", default="", help="comma-separated cached stages to delete first: align, arms, measure"
     )
@@ -450,10 +533,16 @@ def main() -> None:
     for stage in filter(None, args.fresh.split(",")):
         shutil.rmtree(RESULTS / stage, ignore_errors=True)
     stages = set(args.stages.split(","))
-    arms = [a for a in args.arms.split(",") if a]
+    groups = {"filter": FILTER_ARMS, "mix": [a for a in ARMS if a not in FILTER_ARMS]}
+    arms = [arm for a in args.arms.split(",") if a for arm in groups.get(a, [a])]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"--arms: unknown arm {unknown[0]!r}; names: filter, mix, {', '.join(FILTER_ARMS)}, mix ...")
 
     base = resolve_model_path()
     data = build_data(args, AutoTokenizer.from_pretrained(base))
+    MIX_POOL.parent.mkdir(parents=True, exist_ok=True)
+    MIX_POOL.write_text("\n".join(json.dumps(r) for r in data["mix_pool"]))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
     rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
@@ -470,10 +559,19 @@ def main() -> None:
             if plain is not None:
                 base_seconds = json.loads((plain["adapter"] / "train.json").read_text())["seconds"]
                 r["relative_time"] = f"{info['seconds'] / base_seconds:.2f}x"
-    body = render(rows, args, command, bar_chart(rows), data)
-    print(body)
-    if not args.no_write and "measure" in stages:
-        write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
+    mix_rows = [r for r in rows if r["label"] not in FILTER_ARMS and "adapter" in r]
+    if not mix_rows or any(a in FILTER_ARMS for a in arms):
+        body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows), data)
+        print(body)
+        if not args.no_write and "measure" in stages:
+            write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
+    if mix_rows:
+        # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
+        no_mix = measure(args, "oracle filter", aligned, attack(args, "oracle filter", aligned, data), data)
+        body = render_mix(mix_rows, no_mix, rows[1]["metrics"], args, command, data)
+        print(body)
+        if not args.no_write:
+            write_section(MIX_MARK, "Safety mixing: refusal samples added to benign fine-tuning", body)
 
 
 if __name__ == "__main__":
