@@ -211,3 +211,21 @@ def test_shared_safety_pool_types_and_infers_categories(tokenizer, tmp_path):
     mix = select_safety_mix(pool, "sss-b", 28, embedder=ModelEmbedder(make_tiny_llama(tokenizer), tokenizer))
     assert mix.summary()["pool"]["category_source"].startswith("nearest prototype")
     assert len(mix) == 28 and set(mix.table()["behavior"]) == {"T1"}
+
+
+def test_rows_without_a_category_form_the_uncategorized_stratum(tmp_path):
+    rows = pool_rows({"a": 2}) + [{"prompt": "Harmful request x", "response": REFUSAL, "category": "", "harmful": True}]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", rows))
+    mix = select_safety_mix(pool, "sss-b", 2)
+    assert sorted(mix.table()["category"]) == ["a", "uncategorized"]
+
+
+def test_category_reference_needs_prompt_and_category(tokenizer, tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "response": REFUSAL}]))
+    embedder = ModelEmbedder(make_tiny_llama(tokenizer), tokenizer)
+    with pytest.raises(ValueError, match="missing \\['category'\\]"):
+        assign_categories(pool, "nearest", embedder, write_jsonl(tmp_path / "r.jsonl", [{"prompt": "x"}]))
+    with pytest.raises(ValueError, match="no row with a single category"):
+        assign_categories(
+            pool, "nearest", embedder, write_jsonl(tmp_path / "r.jsonl", [{"prompt": "x", "category": ""}])
+        )
