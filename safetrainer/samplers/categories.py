@@ -43,6 +43,21 @@ def category_prototypes(reference: str, embedder: Embedder, center: np.ndarray) 
     return prototypes
 
 
+def needs_inference(pool: SafetyPool, method: str) -> bool:
+    """Whether `method` infers categories from embeddings (rather than reading the pool's column)."""
+    return not (method in ("auto", "column") and pool.category_source == "column")
+
+
+def pool_embeddings(pool: SafetyPool, embedder: Embedder | None, why: str) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centered instruction embeddings, their center) of every pool row. Centering on the pool's mean removes
+    the direction every hidden state shares, which otherwise makes all cosines near 1."""
+    if embedder is None:
+        raise ValueError(f"{why} needs an embedder (the training model or a named one).")
+    vectors = embedder(pool.prompts, pool.responses, instruction_only=True)
+    center = vectors.mean(0)
+    return normalize(vectors - center), center
+
+
 def assign_categories(
     pool: SafetyPool,
     method: str,
@@ -51,6 +66,7 @@ def assign_categories(
     num_clusters: int = 14,
     min_similarity: float = 0.2,
     seed: int = 0,
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Fill `pool.categories` and `pool.category_source` in place.
 
@@ -58,24 +74,19 @@ def assign_categories(
     instruction the category whose prototype is most similar (cosine of centered embeddings) plus any within
     `MULTI_LABEL_MARGIN` of it, or `uncategorized` below `min_similarity`. `kmeans` clusters the instruction embeddings
     into `num_clusters` strata named `cluster_<i>`. Rows without a category after a `column` assignment become
-    `uncategorized`.
+    `uncategorized`. `embeddings`: the pool's `pool_embeddings`, when the caller has them already.
     """
     if method not in CATEGORY_METHODS:
         raise ValueError(f"safety_mix_categories: got {method!r}; allowed: {', '.join(CATEGORY_METHODS)}.")
-    has_column = pool.category_source == "column"
-    if method == "column" and not has_column:
+    if method == "column" and pool.category_source != "column":
         raise ValueError(
             f"safety_mix_categories='column', but the pool {pool.source!r} has no category values; use 'nearest' or "
             "'kmeans' to infer them."
         )
-    if method in ("auto", "column") and has_column:
+    if not needs_inference(pool, method):
         pool.categories = [cats or (UNCATEGORIZED,) for cats in pool.categories]
         return
-    if embedder is None:
-        raise ValueError(f"safety_mix_categories={method!r} needs an embedder (the training model or a named one).")
-    vectors = embedder(pool.prompts, pool.responses, instruction_only=True)
-    center = vectors.mean(0)
-    centered = normalize(vectors - center)
+    centered, center = embeddings or pool_embeddings(pool, embedder, f"safety_mix_categories={method!r}")
     if method == "kmeans":
         from sklearn.cluster import KMeans
 

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from .categories import DEFAULT_CATEGORY_REFERENCE, assign_categories, category_prototypes
+from .categories import (
+    DEFAULT_CATEGORY_REFERENCE,
+    assign_categories,
+    category_prototypes,
+    needs_inference,
+    pool_embeddings,
+)
 from .embedding import Embedder, normalize
 from .pool import SafetyPool
 from .strategies import CATEGORY_STRATEGIES, Pick, parse_strategy, resolve_budget, select
@@ -113,16 +119,16 @@ def select_safety_mix(
     if count > len(candidates):
         notes.append(f"budget {count} exceeds the {len(candidates)} eligible rows: all of them are mixed in")
     reference = category_reference or DEFAULT_CATEGORY_REFERENCE
+    # One embedding pass over the pool serves category inference, PSS and Cossim.
+    embedded = None
+    if base in ("pss", "cossim") or (base in CATEGORY_STRATEGIES and needs_inference(pool, categories)):
+        embedded = pool_embeddings(pool, embedder, f"safety_mix_strategy={strategy!r}")
     if base in CATEGORY_STRATEGIES:
-        assign_categories(pool, categories, embedder, reference, num_clusters, seed=seed)
+        assign_categories(pool, categories, embedder, reference, num_clusters, seed=seed, embeddings=embedded)
     rng = np.random.default_rng(seed)
     embeddings = similarity = None
     if base in ("pss", "cossim"):
-        if embedder is None:
-            raise ValueError(f"safety_mix_strategy={strategy!r} needs an embedder (the training model or a named one).")
-        instruction = embedder(pool.prompts, pool.responses, instruction_only=True)
-        center = instruction.mean(0)
-        embeddings = normalize(instruction - center)
+        embeddings, center = embedded
         if base == "cossim":
             similarity = _cossim_targets(pool, embedder, embeddings, center, train_pairs, reference, notes)
     picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity)
