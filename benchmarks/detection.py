@@ -194,7 +194,7 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
     header = (
         f"Contaminated sets from Alpaca + Dolly (seed {args.seed}; prompts of at most {args.max_length // 2} tokens). "
         f"Explicit: {args.n} samples with {rates} BeaverTails unsafe responses. Implicit: all 10 AOA identity-shift "
-        f"conversations plus benign rows to the rate ({benign_counts} benign rows). Model SmolLM2-135M-Instruct "
+        f"conversations plus benign rows to the rate ({benign_counts} benign rows). Model {_model_name(args.model)} "
         "(float32) "
         f"with a fresh LoRA (r=16, all-linear) as the gradient space, max_length {args.max_length}, scoring batch "
         f"{args.batch_size}, FIHS projection {args.projection_dim} dims. SAFT searches form/layer/pooling/k/sign on a "
@@ -244,6 +244,14 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
     return "\n".join(
         [f"Command: `{command}`", "", header, "", "AUROC per set:", "", *matrix, "", *detail, "", *other, "", notes]
     )
+
+
+def _model_name(model: str | None) -> str:
+    if model is None:
+        return "SmolLM2-135M-Instruct"
+    if "safety_outcome/align" in Path(model).as_posix():
+        return f"`{model}` (SmolLM2-135M-Instruct after the safety-outcome benchmark's alignment stage)"
+    return f"`{model}`"
 
 
 def main() -> None:
