@@ -22,6 +22,7 @@ MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
 # Each strategy also in a "-b" variant restricted to behavior type T1 (harmful instruction + refusal).
 MIX_STRATEGIES = (*MIX_BASE_STRATEGIES, *(f"{s}-b" for s in MIX_BASE_STRATEGIES))
 MIX_CATEGORY_METHODS = ("auto", "column", "nearest", "kmeans")
+ONLINE_MODES = ("cheap", "full")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
 DEFAULT_PROBE_DATASET = "builtin:safety_probes"
 DEFAULT_SEAL_SAFE_DATASET = "builtin:refusal_pool"
@@ -244,6 +245,32 @@ class SafetyAwareSFTConfig(SFTConfig):
         default=False,
         metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
     )
+    safety_online_every_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Online FIHS re-scoring: every this many optimizer steps (and at each epoch end) decide on the "
+            "latest scores and drop the samples that now push the model toward compliance. 0 turns it off."
+        },
+    )
+    safety_online_mode: str = field(
+        default="cheap",
+        metadata={
+            "help": "'cheap': score each training batch from the training step's own backward (no extra pass); "
+            "'full': re-score every active sample with a per-example-gradient pass at each decision.",
+            "choices": list(ONLINE_MODES),
+        },
+    )
+    safety_online_threshold_policy: str = field(
+        default="top_fraction",
+        metadata={
+            "help": "Threshold policy of online decisions, applied to the latest score of every sample scored so "
+            "far (dropped ones included, so a fraction or count bounds the total online drops).",
+            "choices": list(THRESHOLD_POLICIES),
+        },
+    )
+    safety_online_threshold_value: float = field(
+        default=0.1, metadata={"help": "Parameter of safety_online_threshold_policy (as for safety_threshold_value)."}
+    )
     safety_scoring_batch_size: int = field(
         default=8, metadata={"help": "Sequences per forward pass in the scoring pass."}
     )
@@ -330,6 +357,7 @@ class SafetyAwareSFTConfig(SFTConfig):
         if "classifier" in self.safety_scorers and not self.safety_classifier:
             raise ValueError("safety_scorers: 'classifier' needs safety_classifier, a text-classification model id.")
         self._validate_mix_fields()
+        self._validate_online_fields()
         if self.safety_scoring_batch_size < 1:
             raise ValueError(f"safety_scoring_batch_size: must be >= 1, got {self.safety_scoring_batch_size}.")
         if self.safety_scorers and self.packing:
@@ -355,6 +383,35 @@ class SafetyAwareSFTConfig(SFTConfig):
                 "safety_mix_pool: mixing adds rows with their own sample_idx, but packing=True merges rows; set "
                 "packing=False or leave safety_mix_pool unset."
             )
+
+    def _validate_online_fields(self) -> None:
+        if self.safety_online_every_steps < 0:
+            raise ValueError(
+                f"safety_online_every_steps: must be >= 0 (0 = off), got {self.safety_online_every_steps}."
+            )
+        _check_choice("safety_online_mode", self.safety_online_mode, ONLINE_MODES)
+        _check_choice("safety_online_threshold_policy", self.safety_online_threshold_policy, THRESHOLD_POLICIES)
+        self.safety_online_threshold_value = _validate_threshold_value(
+            self.safety_online_threshold_policy, self.safety_online_threshold_value, "safety_online_threshold_value"
+        )
+        if not self.online_enabled:
+            return
+        if self.packing:
+            raise ValueError(
+                "safety_online_every_steps: online dropping needs one row per sample, but packing=True merges rows; "
+                "set packing=False or safety_online_every_steps=0."
+            )
+        if self.safety_online_mode == "cheap" and (self.activation_checkpointing or self.gradient_checkpointing):
+            raise ValueError(
+                "safety_online_mode='cheap' reads per-example gradients from the training step's own backward, "
+                "which activation (gradient) checkpointing recomputes; set activation_checkpointing=False or use "
+                "safety_online_mode='full'."
+            )
+
+    @property
+    def online_enabled(self) -> bool:
+        """Whether online FIHS re-scoring runs during training."""
+        return self.safety_online_every_steps > 0
 
     @property
     def mix_enabled(self) -> bool:
@@ -386,16 +443,12 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: got {value!r}; allowed: {', '.join(allowed)}.")
 
 
-def _validate_threshold_value(policy: str, value: float) -> float:
+def _validate_threshold_value(policy: str, value: float, name: str = "safety_threshold_value") -> float:
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"safety_threshold_value: must be finite, got {value}.")
+        raise ValueError(f"{name}: must be finite, got {value}.")
     if policy == "top_fraction" and not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"safety_threshold_value: {value} is out of range for 'top_fraction'; allowed: a fraction in [0, 1)."
-        )
+        raise ValueError(f"{name}: {value} is out of range for 'top_fraction'; allowed: a fraction in [0, 1).")
     if policy == "top_k" and (value < 0 or value != int(value)):
-        raise ValueError(
-            f"safety_threshold_value: {value} is out of range for 'top_k'; allowed: a non-negative integer."
-        )
+        raise ValueError(f"{name}: {value} is out of range for 'top_k'; allowed: a non-negative integer.")
     return value

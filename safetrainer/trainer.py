@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 from transformers import AutoTokenizer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
+from .callbacks import OnlineFIHSCallback
 from .config import SafetyAwareSFTConfig
 from .data import (
     SAMPLE_IDX,
@@ -28,6 +31,7 @@ from .distributed import broadcast_object, rank_and_world_size
 from .models import resolve_model_path
 from .report import build_summary, build_table, counts, write_report
 from .samplers import ModelEmbedder, SafetyMix, SentenceEmbedder, load_pool, parse_strategy, select_safety_mix
+from .samplers.active_set import ConstantLengthSampler
 from .scoring import build_scorers, score_and_decide
 
 logger = logging.getLogger(__name__)
@@ -80,19 +84,32 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             _check_chat_template(processing_class, self._safety_input, args)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
         self.data_collator = SampleIdxCollator(self.data_collator)
+        self._online: OnlineFIHSCallback | None = None
+        if args.online_enabled:
+            if self._safety_input is None:
+                raise TypeError("safety_online_every_steps needs a map-style `datasets.Dataset` train_dataset.")
+            self._online = OnlineFIHSCallback()
+            self.add_callback(self._online)
         # Callbacks cannot reach the trainer through Trainer's event arguments; hand it to those that need it.
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "attach") and getattr(callback, "trainer", None) is None:
                 callback.attach(self)
         self._safety_filter_done = False
+        self._safety_table: dict[str, list] | None = None
         self._safety_mix_rows: Dataset | None = None
         self.safety_mix: SafetyMix | None = None
         self.safety_summary: dict[str, Any] | None = None
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """Run the safety filter pass (once per trainer), then `SFTTrainer.train`."""
+        """Run the pre-training pass (once per trainer), then `SFTTrainer.train`; with online filtering, restore its
+        state from the checkpoint's `safety_state.json` when resuming and add the online drops to the report."""
         self.filter_train_dataset()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if self._online is not None and resume_from_checkpoint:
+            self._load_online_state(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if self._online is not None:
+            self._report_online_drops()
+        return output
 
     def filter_train_dataset(self) -> dict[str, Any] | None:
         """Mix in safety samples, score, decide and drop; write the report. Returns the report summary (None when there
@@ -152,6 +169,7 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         summary = build_summary(table, result, args.safety_dict(), extra)
         for key, value in counts(table).items():
             self._metrics["train"][f"safety/{key}"] = [float(value)]
+        self._safety_table = table
         if args.safety_report and self.is_world_process_zero():
             report_dir = write_report(Path(args.output_dir) / "safety_report", table, summary)
             if self.safety_mix is not None:
@@ -253,6 +271,84 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             if example is not None:
                 candidates.append(example)
         return candidates
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Online filtering: constant-length sampler, label masking, per-step scores, checkpoint sidecar
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._online is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ConstantLengthSampler(dataset[SAMPLE_IDX], self._online.active, seed)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if self._online is not None:
+            epoch_iterator = self._mask_dropped(epoch_iterator)
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _mask_dropped(self, batches):
+        """Dropped rows keep their place in the batch with all labels -100, before the token count is taken: they stop
+        contributing at once while every rank still runs the same forward and backward."""
+        for batch in batches:
+            rows = [r for r, idx in enumerate(batch[SAMPLE_IDX].tolist()) if not self._online.active.is_active(idx)]
+            if rows:
+                for key in ("labels", "shift_labels"):
+                    if key in batch:
+                        batch[key] = batch[key].clone()
+                        batch[key][rows] = -100
+            yield batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._online is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        sample_idx = inputs[SAMPLE_IDX].tolist()
+        num_tokens = inputs["attention_mask"].sum(1).tolist() if "attention_mask" in inputs else [0] * len(sample_idx)
+        with self._online.recording():
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        self._online.score_recorded_step(sample_idx, num_tokens)
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._online is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            state = {**self._online.state_dict(), "global_step": self.state.global_step}
+            (folder / "safety_state.json").write_text(json.dumps(state))
+
+    def _load_online_state(self, resume_from_checkpoint) -> None:
+        path = resume_from_checkpoint
+        if path is True:
+            path = get_last_checkpoint(self.args.output_dir)
+            if path is None:
+                return  # super().train raises the "no checkpoint found" error
+        sidecar = Path(path) / "safety_state.json"
+        if not sidecar.is_file():
+            raise FileNotFoundError(
+                f"{sidecar} not found: the checkpoint was not written by a run with safety_online_every_steps > 0, "
+                "so its dropped samples are unknown."
+            )
+        self._online.load_state_dict(json.loads(sidecar.read_text()))
+        logger.info("Online filtering state restored from %s: %d dropped", sidecar, len(self._online.active.dropped))
+
+    def _report_online_drops(self) -> None:
+        table, summary = self._safety_table, self.safety_summary
+        if table is None or summary is None:
+            return
+        dropped = self._online.active.dropped
+        table["dropped_at_step"] = [None] * len(table["sample_idx"])
+        table["score_fihs_online"] = [self._online.active.scores.get(i) for i in table["sample_idx"]]
+        for idx, drop in dropped.items():
+            table["decision"][idx], table["keep"][idx], table["reason"][idx] = "dropped", False, drop.reason
+            table["dropped_at_step"][idx] = drop.step
+        summary["counts"] = counts(table)
+        summary["online"] = {
+            "dropped": len(dropped), "scored": len(self._online.active.scores), "mode": self.args.safety_online_mode,
+            "policy": self.args.safety_online_threshold_policy, "value": self.args.safety_online_threshold_value,
+            "seconds": self._online.seconds,
+        }  # fmt: skip
+        if self.args.safety_report and self.is_world_process_zero():
+            write_report(Path(self.args.output_dir) / "safety_report", table, summary)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

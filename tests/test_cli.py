@@ -87,7 +87,7 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "safetrainer score" in out.stdout
 
 
-def accelerate_launch(args, tmp_path):
+def accelerate_launch(args, tmp_path, target=("-m", "safetrainer")):
     cmd = [
         sys.executable,
         "-m",
@@ -101,8 +101,7 @@ def accelerate_launch(args, tmp_path):
         "no",
         "--dynamo_backend",
         "no",
-        "-m",
-        "safetrainer",
+        *target,
         *args,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
@@ -184,3 +183,14 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     summary = json.loads((out / "mix_summary.json").read_text())
     assert "centroid of 70 training rows" in summary["notes"][0]
     assert '"selected": 7' in capsys.readouterr().out
+
+
+@pytest.mark.multiprocess
+def test_two_process_online_drops_agree(tiny_model_dir, tmp_path):
+    """Scores gathered from both ranks, decided once on rank 0 and broadcast: both ranks hold the same dropped set."""
+    worker = os.path.join(os.path.dirname(__file__), "online_ddp_worker.py")
+    accelerate_launch([tiny_model_dir, str(tmp_path / "out")], tmp_path, target=(worker,))
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 2 * -(-70 // 8)  # 70 rows, 2 ranks x batch 4
+    assert ranks[0]["dropped"] == ranks[1]["dropped"] and ranks[0]["dropped"]

@@ -32,8 +32,9 @@ SCORERS = {
 assert tuple(SCORERS) == SCORER_NAMES, "config.SCORER_NAMES and scoring.SCORERS must list the same scorers"
 
 
-def build_scorers(args) -> list:
-    """Instantiate the scorers named in `args.safety_scorers` with their reference data, in that order."""
+def build_scorers(args, names: list[str] | None = None) -> list:
+    """Instantiate the scorers named in `names` (default: `args.safety_scorers`) with their reference data, in that
+    order."""
     loaded: dict[str, object] = {}
 
     def data(path: str | None, split: str = "train"):
@@ -78,7 +79,7 @@ def build_scorers(args) -> list:
         "random": lambda: RandomScorer(args.seed),
         "classifier": lambda: ClassifierScorer(args.safety_classifier),
     }
-    return [builders[name]() for name in args.safety_scorers]
+    return [builders[name]() for name in (args.safety_scorers if names is None else names)]
 
 
 __all__ = [

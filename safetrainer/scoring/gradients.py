@@ -134,15 +134,17 @@ class GradientFeatures:
 
 
 class _LinearIO:
-    """Records each hooked linear's input and output during one forward pass."""
+    """Records each hooked linear's input and output during one forward pass, and, when asked, the gradient of its
+    output during the backward pass that follows (the training step's own backward)."""
 
     def __init__(self, modules: Sequence[nn.Linear]):
         self.modules = list(modules)
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.output_grads: dict[int, torch.Tensor] = {}
 
     @contextmanager
-    def recording(self):
+    def recording(self, capture_output_grads: bool = False):
         def hook(index):
             def record(_module, args, output):
                 if index in self.outputs:
@@ -152,11 +154,14 @@ class _LinearIO:
                     )
                 self.inputs[index] = args[0].detach()
                 self.outputs[index] = output
+                if capture_output_grads and output.requires_grad:
+                    output.register_hook(lambda grad: self.output_grads.__setitem__(index, grad.detach()))
 
             return record
 
         self.inputs.clear()
         self.outputs.clear()
+        self.output_grads.clear()
         handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(self.modules)]
         try:
             yield self
@@ -169,14 +174,23 @@ class _LinearIO:
         missing = [i for i in range(len(self.modules)) if i not in self.outputs]
         if missing:
             raise RuntimeError(f"{len(missing)} gradient module(s) did not run in the forward pass.")
-        order = range(len(self.modules))
-        grads_out = torch.autograd.grad(loss_sum, [self.outputs[i] for i in order], allow_unused=True)
+        outputs = [self.outputs[i] for i in range(len(self.modules))]
+        return self._blocks(torch.autograd.grad(loss_sum, outputs, allow_unused=True))
+
+    def captured_gradients(self) -> list[torch.Tensor]:
+        """The same blocks from the output gradients a recorded forward's own backward left behind.
+
+        Exact per example because sample i's rows of each module's output affect only sample i's loss terms; the
+        scale is the training loss's (e.g. divided by the batch's token count), which cosine similarity ignores.
+        """
+        return self._blocks([self.output_grads.get(i) for i in range(len(self.modules))])
+
+    def _blocks(self, output_grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         blocks = []
-        for i, grad_y in zip(order, grads_out, strict=True):
-            x = self.inputs[i]
+        for i, grad_y in enumerate(output_grads):
             if grad_y is None:
                 grad_y = torch.zeros_like(self.outputs[i])
-            blocks.append(torch.einsum("bto,bti->boi", grad_y.float(), x.float()).flatten(1))
+            blocks.append(torch.einsum("bto,bti->boi", grad_y.float(), self.inputs[i].float()).flatten(1))
         return blocks
 
 
@@ -248,6 +262,21 @@ class PerExampleGradients:
             losses = objective(logits, input_ids, attention_mask, batch)
             blocks = self.io.per_example_gradients(losses.sum())
         return blocks
+
+    @contextmanager
+    def recording_training_step(self):
+        """Wrap one ordinary training micro-step (forward and backward); then `training_step_vectors()` gives that
+        micro-batch's projected per-example gradients, from the step's own backward: no extra pass."""
+        with self.io.recording(capture_output_grads=True):
+            yield
+
+    def training_step_vectors(self) -> np.ndarray:
+        """[B, dim] float32 projected per-example gradients of the last recorded training micro-step."""
+        with torch.no_grad():
+            vectors = self.projector(self.io.captured_gradients()).cpu().numpy()
+        for recorded in (self.io.inputs, self.io.outputs, self.io.output_grads):
+            recorded.clear()  # the outputs hold the step's autograd graph alive until cleared
+        return vectors
 
     @contextmanager
     def _scoring_mode(self):

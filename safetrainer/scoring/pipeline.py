@@ -6,6 +6,7 @@ Under several processes each rank scores a shard of the candidates; scores are g
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def score_and_decide(
     tokenizer,
     candidates: Sequence[TokenizedPair],
     scorers: Sequence[Any],
-    policy: str,
+    policy: str | None,
     value: float,
     batch_size: int = 8,
     max_length: int | None = None,
@@ -97,7 +98,8 @@ def score_and_decide(
     """Fit `scorers`, score `candidates` and apply the threshold policy.
 
     The decision uses the first scorer's scores, or with `ensemble` (and several scorers) the mean of each scorer's
-    percentile rank, reported as score `ensemble`.
+    percentile rank, reported as score `ensemble`. `policy=None` scores only: every sample is kept (the caller
+    decides, e.g. online filtering over scores gathered across re-scores).
     """
     rank, world_size = rank_and_world_size()
     show = show_progress and rank == 0
@@ -165,10 +167,11 @@ def score_and_decide(
     if ensemble and len(fitted) > 1:
         scores["ensemble"] = rank_average(list(scores.values()))
         decided_on = "ensemble"
-    decision = None
-    if rank == 0:
-        decision = decide(scores[decided_on], policy, value, sample_idx, gmm_margin, projection_seed)
-    decision = broadcast_object(decision)
+    decision = ThresholdDecision(np.ones(len(sample_idx), dtype=bool), math.inf, "none (scores only)")
+    if policy is not None:
+        if rank == 0:
+            decision = decide(scores[decided_on], policy, value, sample_idx, gmm_margin, projection_seed)
+        decision = broadcast_object(decision)
     timings["score_seconds"] = score_seconds
     timings["seconds_per_1000_samples"] = 1000 * score_seconds / max(len(candidates), 1)
     return ScoringResult(
