@@ -311,6 +311,12 @@ ARMS: dict[str, Callable] = {
         safety_threshold_value=0.2,
         safety_seal_epochs=1,
     ),
+    "DataShield + online FIHS": filter_arm(
+        "DataShield pre-filter, then online FIHS (cheap path, decisions every 5 steps, at most 5% more dropped).",
+        safety_scorers=["datashield"],
+        safety_online_every_steps=5,
+        safety_online_threshold_value=0.05,
+    ),
     "ensemble filter": filter_arm(
         "Rank average of DataShield, FIHS and ref_similarity.",
         safety_scorers=["datashield", "fihs", "ref_similarity"],
