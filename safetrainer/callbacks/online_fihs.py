@@ -171,8 +171,12 @@ class OnlineFIHSCallback(TrainerCallback):
             (int(i), float(s), f"online fihs score {s:.4g} >= threshold {decision.threshold:.4g} "
                                f"({decision.policy}) at step {step}")
             for i, s, keep in zip(idx.tolist(), scores.tolist(), decision.keep.tolist(), strict=True)
-            if not keep and self.active.is_active(int(i))
+            if not keep and self.active.is_active(int(i)) and self._droppable(int(i))
         ]  # fmt: skip
+
+    def _droppable(self, sample_idx: int) -> bool:
+        """Mixed safety samples (sample_idx past the input rows) are never dropped unless safety_mix_filterable."""
+        return sample_idx < self.trainer._safety_input.num_rows or self.trainer.args.safety_mix_filterable
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint sidecar stores."""
