@@ -109,3 +109,12 @@ def test_online_config_errors():
                              safety_online_every_steps=2)  # fmt: skip
     with pytest.raises(ValueError, match="safety_online_threshold_value"):
         SafetyAwareSFTConfig(output_dir="x", safety_online_every_steps=2, safety_online_threshold_value=1.5, **COMMON)
+
+
+def test_online_decisions_spare_mixed_safety_samples(tokenizer, tmp_path):
+    trainer = online_trainer(tokenizer, tmp_path, safety_mix_pool="builtin:refusal_pool", safety_mix_budget=2,
+                             safety_mix_strategy="random-b", **ONLINE)  # fmt: skip
+    trainer.filter_train_dataset()
+    trainer._online.active.scores.update({0: 0.1, 1: 0.2, 2: 0.3, 16: 0.9, 17: 0.8, **{i: 0.0 for i in range(3, 16)}})
+    dropped = [idx for idx, _, _ in trainer._online._new_drops(step=2)]
+    assert dropped == [1, 2]  # the top 25% of 18 scores are rows 16, 17, 2, 1; the mixed rows 16 and 17 are spared
