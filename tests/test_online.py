@@ -117,4 +117,17 @@ def test_online_decisions_spare_mixed_safety_samples(tokenizer, tmp_path):
     trainer.filter_train_dataset()
     trainer._online.active.scores.update({0: 0.1, 1: 0.2, 2: 0.3, 16: 0.9, 17: 0.8, **{i: 0.0 for i in range(3, 16)}})
     dropped = [idx for idx, _, _ in trainer._online._new_drops(step=2)]
-    assert dropped == [1, 2]  # the top 25% of 18 scores are rows 16, 17, 2, 1; the mixed rows 16 and 17 are spared
+    assert dropped == [2, 1]  # the top 25% of 18 scores are rows 16, 17, 2, 1; the mixed rows 16 and 17 are spared
+
+
+def test_ranked_online_policy_bounds_the_total_drops(tokenizer, tmp_path):
+    trainer = online_trainer(tokenizer, tmp_path, **ONLINE)
+    trainer.filter_train_dataset()
+    online = trainer._online
+    online.active.scores.update({0: 0.9, 1: 0.1, 2: 0.2, 3: 0.3})
+    for idx, score, reason in online._new_drops(step=1):
+        online.active.drop(idx, 1, score, reason)
+    assert list(online.active.dropped) == [0]  # floor(0.25 * 4)
+    online.active.scores.update({i: 0.95 for i in range(4, 8)})  # later, riskier scores
+    new = [idx for idx, _, _ in online._new_drops(step=2)]
+    assert new == [4]  # budget floor(0.25 * 8) = 2, one already used: row 0 stays dropped, one more

@@ -159,20 +159,27 @@ class OnlineFIHSCallback(TrainerCallback):
         return {int(i): float(v) for i, v in zip(result.sample_idx, values, strict=True) if np.isfinite(v)}
 
     def _new_drops(self, step: int) -> list[tuple[int, float, str]]:
-        """(sample_idx, score, reason) of active samples the policy now drops, decided over every score so far."""
+        """(sample_idx, score, reason) of active samples the policy now drops, decided over every score so far.
+
+        For the ranked policies the policy's count is a budget for all online drops so far: earlier drops stay dropped
+        even when later scores outrank them, so only the difference is dropped now, riskiest first. The total thus
+        never exceeds the fraction (or k) of the samples scored."""
         args = self.trainer.args
         idx = np.array(sorted(self.active.scores), dtype=np.int64)
         if len(idx) == 0:
             return []
         scores = np.array([self.active.scores[i] for i in idx.tolist()])
-        decision = decide(scores, args.safety_online_threshold_policy, args.safety_online_threshold_value, idx,
-                          args.safety_gmm_margin, args.safety_projection_seed)  # fmt: skip
-        return [
-            (int(i), float(s), f"online fihs score {s:.4g} >= threshold {decision.threshold:.4g} "
-                               f"({decision.policy}) at step {step}")
-            for i, s, keep in zip(idx.tolist(), scores.tolist(), decision.keep.tolist(), strict=True)
-            if not keep and self.active.is_active(int(i)) and self._droppable(int(i))
-        ]  # fmt: skip
+        policy = args.safety_online_threshold_policy
+        decision = decide(scores, policy, args.safety_online_threshold_value, idx, args.safety_gmm_margin,
+                          args.safety_projection_seed)  # fmt: skip
+        candidates = [(int(i), float(s)) for i, s, keep in zip(idx.tolist(), scores.tolist(), decision.keep.tolist(),
+                                                                 strict=True)
+                      if not keep and self.active.is_active(int(i)) and self._droppable(int(i))]  # fmt: skip
+        if policy in ("top_fraction", "top_k"):
+            candidates.sort(key=lambda item: (-item[1], item[0]))
+            candidates = candidates[: max(0, decision.num_dropped - len(self.active.dropped))]
+        why = f"({decision.policy}) at step {step}"
+        return [(i, s, f"online fihs score {s:.4g} >= threshold {decision.threshold:.4g} {why}") for i, s in candidates]
 
     def _droppable(self, sample_idx: int) -> bool:
         """Mixed safety samples (sample_idx past the input rows) are never dropped unless safety_mix_filterable."""
