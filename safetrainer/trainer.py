@@ -72,10 +72,10 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         if isinstance(train_dataset, Dataset):
             self._safety_input = prepare_input(train_dataset, args.safety_invalid_rows, args.dataset_text_field)
             train_dataset = self._safety_input.dataset
-        elif args.filter_enabled:
+        elif args.filter_enabled or args.mix_enabled or args.online_enabled:
             raise TypeError(
-                "safety_scorers needs a map-style `datasets.Dataset` train_dataset, got "
-                f"{type(train_dataset).__name__}."
+                "safety_scorers, safety_mix_pool and safety_online_every_steps need a map-style `datasets.Dataset` "
+                f"train_dataset, got {type(train_dataset).__name__}."
             )
         if self._safety_input is not None and self._safety_input.input_format != "text":
             processing_class = processing_class or AutoTokenizer.from_pretrained(
@@ -86,8 +86,6 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         self.data_collator = SampleIdxCollator(self.data_collator)
         self._online: OnlineFIHSCallback | None = None
         if args.online_enabled:
-            if self._safety_input is None:
-                raise TypeError("safety_online_every_steps needs a map-style `datasets.Dataset` train_dataset.")
             self._online = OnlineFIHSCallback()
             self.add_callback(self._online)
         # Callbacks cannot reach the trainer through Trainer's event arguments; hand it to those that need it.
@@ -123,8 +121,6 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         self._safety_filter_done = True
         args: SafetyAwareSFTConfig = self.args
         if self._safety_input is None or SAMPLE_IDX not in self.train_dataset.column_names:
-            if args.mix_enabled:
-                raise TypeError("safety_mix_pool needs a map-style `datasets.Dataset` train_dataset without packing.")
             return None  # iterable or packed data: no per-row identity to report on
         prepared_idx = self.train_dataset[SAMPLE_IDX]
         rejected = dict(self._safety_input.rejected) | self._removed_by_preparation(prepared_idx)

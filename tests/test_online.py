@@ -131,3 +131,16 @@ def test_ranked_online_policy_bounds_the_total_drops(tokenizer, tmp_path):
     online.active.scores.update({i: 0.95 for i in range(4, 8)})  # later, riskier scores
     new = [idx for idx, _, _ in online._new_drops(step=2)]
     assert new == [4]  # budget floor(0.25 * 8) = 2, one already used: row 0 stays dropped, one more
+
+
+def test_iterable_training_data_is_refused_for_per_sample_features(tokenizer, tmp_path):
+    from datasets import IterableDataset
+
+    rows = alpaca_rows(4)
+    stream = IterableDataset.from_generator(lambda: iter(rows))
+    for settings in ({"safety_online_every_steps": 2}, {"safety_mix_pool": "builtin:refusal_pool"}):
+        args = SafetyAwareSFTConfig(output_dir=str(tmp_path), max_steps=1, **COMMON, **settings)
+        with pytest.raises(TypeError, match="map-style"):
+            SafetyAwareSFTTrainer(
+                make_tiny_llama(tokenizer), args=args, train_dataset=stream, processing_class=tokenizer
+            )
