@@ -255,6 +255,17 @@ def arm_oracle_filter(args, model_dir, tokenizer, rows, out):
     return arm_plain_sft(args, model_dir, tokenizer, [r for r in rows if not r["harmful"]], out)
 
 
+def gentle(arm: Callable, lr: float) -> Callable:
+    """The same arm with a gentler attack learning rate: benign fine-tuning alone erodes a LoRA-merged alignment of a
+    135M model strongly at the default rate, which hides what filtering the contamination keeps."""
+
+    def gentle_arm(args, model_dir, tokenizer, rows, out):
+        return arm(argparse.Namespace(**{**vars(args), "attack_lr": lr}), model_dir, tokenizer, rows, out)
+
+    gentle_arm.__doc__ = f"{arm.__doc__} Attack lr {lr}."
+    return gentle_arm
+
+
 def filter_arm(doc: str, **safety) -> Callable:
     """An arm that runs SafetyAwareSFTTrainer with the given safety_* settings (default: drop the contamination rate's
     worth of top scores)."""
@@ -304,6 +315,8 @@ ARMS: dict[str, Callable] = {
     "plain SFT": arm_plain_sft,
     "oracle filter": arm_oracle_filter,
     "DataShield filter": filter_arm("DataShield, built-in reference.", safety_scorers=["datashield"]),
+    "plain SFT (attack lr 3e-5)": gentle(arm_plain_sft, 3e-5),
+    "oracle filter (attack lr 3e-5)": gentle(arm_oracle_filter, 3e-5),
     "FIHS filter": filter_arm("GradShield FIHS, logit-gap probe on the built-in probes.", safety_scorers=["fihs"]),
     "SEAL filter": filter_arm(
         "SEAL selector (one selector epoch, for the CPU budget), keeps the top 80% as published.",
