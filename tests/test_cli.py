@@ -87,6 +87,15 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "safetrainer score" in out.stdout
 
 
+def free_port() -> int:
+    """A port no other process listens on: two launches at once (pytest-xdist) must not share a rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_launch(args, tmp_path, target=("-m", "safetrainer")):
     cmd = [
         sys.executable,
@@ -101,6 +110,8 @@ def accelerate_launch(args, tmp_path, target=("-m", "safetrainer")):
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
         *target,
         *args,
     ]
