@@ -229,3 +229,16 @@ def test_category_reference_needs_prompt_and_category(tokenizer, tmp_path):
         assign_categories(
             pool, "nearest", embedder, write_jsonl(tmp_path / "r.jsonl", [{"prompt": "x", "category": ""}])
         )
+
+
+def test_named_embedder_without_sentence_transformers_is_a_clear_error(tokenizer, tmp_path):
+    try:
+        import sentence_transformers  # noqa: F401
+
+        pytest.skip("sentence-transformers is installed")
+    except ImportError:
+        pass
+    trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), safety_mix_pool="builtin:refusal_pool",
+                             safety_mix_embedder="sentence-transformers/all-mpnet-base-v2")  # fmt: skip
+    with pytest.raises(ImportError, match="safety_mix_embedder=.*pip install sentence-transformers"):
+        trainer.filter_train_dataset()
