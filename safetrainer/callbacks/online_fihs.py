@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ class OnlineFIHSCallback(TrainerCallback):
     def recording(self):
         """Context for one training micro-step; a no-op in full mode."""
         if self.trainer.args.safety_online_mode != "cheap" or self.routine is None:
-            return _Nothing()
+            return nullcontext()
         return self.routine.recording_training_step()
 
     def score_recorded_step(self, sample_idx: list[int], num_tokens: list[int]) -> None:
@@ -192,11 +193,3 @@ class OnlineFIHSCallback(TrainerCallback):
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.active.load(ActiveSet.from_json(data))
         self.pending = {int(i): float(s) for i, s in data.get("pending", {}).items()}
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
