@@ -302,7 +302,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
 
 MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
-MIX_BUDGETS = (0.02, 0.05)
+MIX_BUDGETS = (0.02, 0.05, 0.2)
 MIX_SEEDS = (0, 1, 2)
 
 

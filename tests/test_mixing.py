@@ -158,6 +158,16 @@ def test_categories_inferred_by_nearest_prototype_and_kmeans(tokenizer, tmp_path
                           "column", embedder)  # fmt: skip
 
 
+def test_model_embedder_embeds_the_first_tokens_of_an_over_long_prompt(tokenizer):
+    embedder = ModelEmbedder(make_tiny_llama(tokenizer), tokenizer, max_length=32)
+    long_prompt = " ".join(f"word{i}" for i in range(200))
+    head = embedder.prompt_head(long_prompt)
+    assert len(tokenizer(head, add_special_tokens=False)["input_ids"]) <= 16 and long_prompt.startswith(head.strip())
+    vectors = embedder([long_prompt, head], ["", ""], instruction_only=True)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5)
+    assert np.isclose(np.linalg.norm(vectors[0]), 1.0)
+
+
 def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokenizer, tmp_path):
     trainer = safety_trainer(
         tokenizer, tmp_path, alpaca_rows(16), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="sss-b",
@@ -176,6 +186,18 @@ def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokeni
     mix = pq.read_table(report / "mix.parquet").to_pydict()
     assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason"]
     assert len(set(mix["category"])) == 4  # stratified: four different categories
+
+
+def test_safety_mix_seed_decides_which_pool_rows_are_mixed(tokenizer, tmp_path):
+    def mixed_pool_rows(seed, run):
+        trainer = safety_trainer(tokenizer, tmp_path / run, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool",
+                                 safety_mix_strategy="random-b", safety_mix_budget=6, safety_mix_seed=seed)  # fmt: skip
+        trainer.filter_train_dataset()
+        return pq.read_table(tmp_path / run / "safety_report" / "mix.parquet").to_pydict()["pool_idx"]
+
+    first = mixed_pool_rows(0, "a")
+    assert len(first) == 6 and mixed_pool_rows(0, "b") == first
+    assert mixed_pool_rows(1, "c") != first
 
 
 def test_mixed_rows_follow_the_training_format(tokenizer, tmp_path):

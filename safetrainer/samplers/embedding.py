@@ -33,12 +33,17 @@ class ModelEmbedder:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.extractor = HiddenStateExtractor(model, pad_id, special_ids, batch_size)
 
+    def prompt_head(self, prompt: str) -> str:
+        """The first `max_length // 2` tokens of an over-long prompt, as text (room is left for the chat template)."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][: self.max_length // 2]
+        return self.tokenizer.decode(ids)
+
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
         pairs = []
         for idx, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             pair = tokenize_pair(self.tokenizer, *chat_pair(prompt, response or "."), idx, self.max_length)
-            if pair is None:  # the prompt alone fills max_length: embed a truncated prompt with a stub response
-                pair = tokenize_pair(self.tokenizer, *chat_pair(prompt[: self.max_length], "."), idx)
+            if pair is None:  # the prompt alone fills max_length: embed its first tokens with a stub response
+                pair = tokenize_pair(self.tokenizer, *chat_pair(self.prompt_head(prompt), "."), idx)
             pairs.append(pair)
         poolings = {"prompt_mean"} if instruction_only else {"prompt_mean", "response_mean"}
         states = self.extractor(pairs, FeatureRequest(frozenset({self.layer}), frozenset(poolings)), "Embedding")
