@@ -188,6 +188,17 @@ def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokeni
     assert len(set(mix["category"])) == 4  # stratified: four different categories
 
 
+def test_the_judge_decides_the_pools_refusal_flags():
+    """Any judge `load_judge` accepts (keyword, callable, model id: see test_judge.py) types the pool's rows."""
+
+    def every_other(prompts, responses):
+        return [i % 2 == 0 for i in range(len(responses))]
+
+    pool = load_pool("builtin:refusal_pool", judge=every_other)
+    assert pool.refusal.tolist() == every_other(pool.prompts, pool.responses)
+    assert load_pool("builtin:refusal_pool").refusal.all()  # the keyword judge: every row is a refusal
+
+
 def test_safety_mix_seed_decides_which_pool_rows_are_mixed(tokenizer, tmp_path):
     def mixed_pool_rows(seed, run):
         trainer = safety_trainer(tokenizer, tmp_path / run, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool",
