@@ -133,15 +133,21 @@ def run_dataset(label, args, model_path, tokenizer, rows, labels, validation: Pa
     seconds = {"datashield": hidden_seconds, "saft": hidden_seconds, "ref_similarity": hidden_seconds,
                "fihs": fihs_seconds, "ensemble": hidden_seconds + fihs_seconds}  # fmt: skip
     infos = dict(summary["scorers"])
-    separate = {"random": {}, **({"seal": {"safety_seal_epochs": args.seal_epochs}} if with_seal else {})}
-    for name, settings in separate.items():
-        config = base_config(args, out / name, safety_scorers=[name], **decide, **settings)
+    # row name -> (scorer, settings); fihs_nll: FIHS with the NLL proxy on the validation set's harmful completions,
+    # the labelled rows SAFT searches on.
+    separate = {
+        "random": ("random", {}),
+        "fihs_nll": ("fihs", {"safety_fihs_probe": "nll", "safety_reference_dataset": str(validation)}),
+        **({"seal": ("seal", {"safety_seal_epochs": args.seal_epochs})} if with_seal else {}),
+    }
+    for name, (scorer, settings) in separate.items():
+        config = base_config(args, out / name, safety_scorers=[scorer], **decide, **settings)
         summary = make_trainer(args, model_path, tokenizer, rows, config).filter_train_dataset()
         seconds[name] = summary["timings"]["fit_seconds"] + summary["timings"]["score_seconds"]
         table[f"score_{name}"] = pq.read_table(out / name / "safety_report" / "scores.parquet")[
-            f"score_{name}"
+            f"score_{scorer}"
         ].to_pylist()
-        infos[name] = summary["scorers"][name]
+        infos[name] = summary["scorers"][scorer]
     results = []
     for name in [*SCORERS, "ensemble", *separate]:
         # Rows TRL rejects (prompt alone longer than max_length) are never trained on and carry no score.
@@ -167,6 +173,8 @@ def _choice(info: dict, name: str) -> str:
         return f"layer {info['layer']}"
     if name == "fihs":
         return f"{info['probe']}, {info['similarity']}"
+    if name == "fihs_nll":
+        return f"{info['probe']}, {info['similarity']}, {info['harmful_completions']} validation harmful completions"
     if name == "seal":
         return f"{info['epochs']} epoch(s), {info['safe_rows']} safe rows"
     return ""
@@ -199,7 +207,8 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
         f"with a fresh LoRA (r=16, all-linear) as the gradient space, max_length {args.max_length}, scoring batch "
         f"{args.batch_size}, FIHS projection {args.projection_dim} dims. SAFT searches form/layer/pooling/k/sign on a "
         f"validation set of {args.validation_per_side} BeaverTails unsafe + {2 * args.validation_per_side} benign rows "
-        "disjoint from the scored set; DataShield, ref_similarity and FIHS use the built-in reference and probes. "
+        "disjoint from the scored set; DataShield, ref_similarity and FIHS use the built-in reference and probes; "
+        "fihs_nll is FIHS with the NLL proxy on that validation set's harmful completions (a pass of its own). "
         f"Ensemble = mean percentile rank of the four scorers. SEAL ({args.seal_epochs} selector epoch(s) on CPU, safe "
         "set builtin:refusal_pool) runs on the main set only. One LoRA epoch on the "
         f"{epoch_rows}-sample {main_set} set took {epoch_seconds:.0f} s in the same run. Machine: "

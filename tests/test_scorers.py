@@ -170,6 +170,13 @@ def test_fihs_rejects_bad_input():
         FIHSScorer([], Dataset.from_list([{"prompt": "p", "response": "r", "label": "refusal"}]), probe="nll")
 
 
+def test_fihs_nll_proxy_takes_harmful_completions_from_a_reference_or_a_labelled_validation_set():
+    rows = [{"prompt": f"p{i}", "response": f"r{i}", "label": label}
+            for i, label in enumerate(["compliance", "refusal", "harmful", "benign", "harmful_response"])]  # fmt: skip
+    scorer = FIHSScorer([], Dataset.from_list(rows), probe="nll")
+    assert [user[0]["content"] for user, _ in scorer.harmful_pairs] == ["p0", "p2", "p4"]
+
+
 @pytest.mark.slow
 def test_fihs_scores_compliance_above_refusal_of_the_same_prompt(default_model_path, tokenizer, tmp_path):
     """The sign check of the spec, on the real model (a random tiny model has no reason to generalise from one

@@ -15,7 +15,8 @@ from .features import FeatureRequest
 if TYPE_CHECKING:
     from .pipeline import CandidateFeatures, ScoringContext
 
-_HARMFUL_LABELS = {"compliance", "harmful_response", "harmful", "unsafe"}
+# Reference labels that mark a harmful completion (a harmful request answered); shared with FIHS's `nll` proxy.
+HARMFUL_COMPLETION_LABELS = frozenset({"compliance", "harmful_response", "harmful", "unsafe"})
 _BENIGN_LABELS = {"benign", "safe", "safe_response"}
 MIN_REFERENCE = 4
 
@@ -59,7 +60,7 @@ class ReferenceSimilarityScorer:
         groups: dict[str, list] = {"harmful": [], "benign": [], "refusal": []}
         for row in reference:
             label = str(row.get("label", "")).strip().lower()
-            key = "harmful" if label in _HARMFUL_LABELS else "benign" if label in _BENIGN_LABELS else label
+            key = "harmful" if label in HARMFUL_COMPLETION_LABELS else "benign" if label in _BENIGN_LABELS else label
             if key in groups:
                 groups[key].append(chat_pair(row["prompt"], row["response"]))
         self.contrast_label = "benign" if len(groups["benign"]) >= MIN_REFERENCE else "refusal"

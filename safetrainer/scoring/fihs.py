@@ -16,6 +16,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..data import chat_pair
+from .baselines import HARMFUL_COMPLETION_LABELS
 from .gradients import first_token_logit_gap, response_nll
 
 if TYPE_CHECKING:
@@ -39,8 +40,9 @@ class FIHSScorer:
 
     Args:
         probe_prompts: harmful prompts for the `logit_gap` proxy.
-        reference: rows with prompt, response, label; the 'compliance' / 'harmful_response' rows are the harmful
-            completions of the `nll` proxy.
+        reference: rows with prompt, response, label; the rows labelled compliance / harmful_response / harmful /
+            unsafe are the harmful completions of the `nll` proxy (a DataShield reference or a labelled
+            validation set both work).
         probe: 'logit_gap' or 'nll'.
         tokens: (compliance token text, refusal token text) for `logit_gap`.
         similarity: 'dot' or 'cosine'.
@@ -73,11 +75,11 @@ class FIHSScorer:
                 )
         else:
             rows = [] if reference is None else [r for r in reference if str(r.get("label", "")).lower()
-                                                  in ("compliance", "harmful_response")]  # fmt: skip
+                                                  in HARMFUL_COMPLETION_LABELS]  # fmt: skip
             if not rows:
                 raise ValueError(
-                    "safety_reference_dataset: FIHS's 'nll' proxy needs harmful completions (label 'compliance' or "
-                    "'harmful_response'); none found."
+                    "safety_reference_dataset: FIHS's 'nll' proxy needs harmful completions (label "
+                    f"{' / '.join(sorted(HARMFUL_COMPLETION_LABELS))}); none found."
                 )
             self.harmful_pairs = [chat_pair(r["prompt"], r["response"]) for r in rows]
         self.token_ids_: tuple[int, int] | None = None
