@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from _report import write_section
 from datasets import Dataset
-from detection import _model_name, contaminated_set
+from detection import _model_name, contaminated_set, validation_set
 from detection import read_jsonl as read_shared
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -73,6 +73,11 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=12, help="steps per arm of the overhead measurement")
     parser.add_argument("--every", type=int, default=5, help="safety_online_every_steps")
     parser.add_argument("--drop-fraction", type=float, default=0.1, help="online top_fraction")
+    parser.add_argument(
+        "--fihs-probe", choices=("logit_gap", "nll"), default="logit_gap",
+        help="logit_gap: built-in probe prompts; nll: the harmful completions of a 20 + 40 row BeaverTails/benign "
+        "validation set disjoint from the training rows (as in the detection benchmark)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--projection-dim", type=int, default=8192)
@@ -87,7 +92,10 @@ def main() -> None:
     def fits(prompt: str) -> bool:
         return len(tokenizer(prompt)["input_ids"]) <= args.max_length // 2
 
-    rows, labels, _ = contaminated_set(args.n, 0.1, args.seed, fits, "explicit")
+    rows, labels, unused = contaminated_set(args.n, 0.1, args.seed, fits, "explicit")
+    fihs = {"safety_fihs_probe": args.fihs_probe}
+    if args.fihs_probe == "nll":
+        fihs["safety_reference_dataset"] = str(validation_set(20, args.seed, unused, {r["prompt"] for r in rows}))
     aoa = read_shared("llms_finetuning_safety/identity-shift-aoa.norm.jsonl")
     rows += [{"prompt": r["prompt"], "response": r["response"]} for r in aoa]
     labels = np.concatenate([labels, np.ones(len(aoa), dtype=bool)])
@@ -100,11 +108,12 @@ def main() -> None:
     online = dict(safety_online_every_steps=10**6, safety_online_mode="cheap")  # record every step, never decide
     for name, safety in (("plain", {}), ("cheap path", online)):
         out = RESULTS / "timing"
-        trainer, timer = trainer_for(args, model_path, tokenizer, rows, out, max_steps=args.timing_steps, **safety)
+        trainer, timer = trainer_for(args, model_path, tokenizer, rows, out, max_steps=args.timing_steps, **safety,
+                                     **fihs)  # fmt: skip
         trainer.train()
         timing[name] = float(np.mean(timer.seconds[1:]))
     trainer, _ = trainer_for(args, model_path, tokenizer, rows, RESULTS / "timing", max_steps=1,
-                             safety_online_every_steps=1, safety_online_mode="full")  # fmt: skip
+                             safety_online_every_steps=1, safety_online_mode="full", **fihs)  # fmt: skip
     trainer.train()
     full_pass = trainer._online.seconds["decide"]
     steps_per_epoch = -(-len(rows) // args.batch_size)
@@ -112,7 +121,7 @@ def main() -> None:
     # (b) one epoch with online drops
     policy = dict(safety_online_every_steps=args.every, safety_online_threshold_policy="top_fraction",
                   safety_online_threshold_value=args.drop_fraction)  # fmt: skip
-    trainer, _ = trainer_for(args, model_path, tokenizer, rows, RESULTS / "drops", **policy)
+    trainer, _ = trainer_for(args, model_path, tokenizer, rows, RESULTS / "drops", **policy, **fihs)
     start = time.perf_counter()
     trainer.train()
     epoch_seconds = time.perf_counter() - start
@@ -126,11 +135,13 @@ def main() -> None:
     step_range = f"steps {steps[0]}..{steps[-1]}" if steps else "none"
     cheap_ratio = timing["cheap path"] / timing["plain"]
 
+    probe = ("logit-gap probe (built-in probes)" if args.fihs_probe == "logit_gap" else
+             "NLL probe (20 BeaverTails harmful completions disjoint from the set)")  # fmt: skip
     lines = [
         f"Command: `{command}`",
         "",
         f"Model {_model_name(args.model)} (float32), LoRA r=16 all-linear, batch {args.batch_size}, max_length "
-        f"{args.max_length}, lr {args.lr}, FIHS logit-gap probe (built-in probes), cosine, projection "
+        f"{args.max_length}, lr {args.lr}, FIHS {probe}, cosine, projection "
         f"{args.projection_dim} dims. Set: {len(rows)} rows = {args.n} Alpaca/Dolly with 10% BeaverTails unsafe "
         f"responses + {len(aoa)} AOA identity-shift conversations ({len(true_harmful)} harmful). Machine: "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -156,7 +167,10 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section(MARK, "Online FIHS: step overhead and drop precision", body)
+        if args.fihs_probe == "logit_gap":
+            write_section(MARK, "Online FIHS: step overhead and drop precision", body)
+        else:
+            write_section(f"{MARK}-{args.fihs_probe}", f"Online FIHS with the {args.fihs_probe} probe", body)
 
 
 if __name__ == "__main__":
