@@ -481,7 +481,8 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"| no mix | 0 | 1 | {no_mix['harmful']['refusal_rate']:.1%} | {base_asr:.1%} | | {base_over:.1%} | | "
         f"{no_mix['utility_nll']:.3f} |",
     ]
-    for (strategy, budget), runs in sorted(groups.items()):
+    # budget first (as a number: "5%" before "20%"), then strategy, so each budget's strategies sit together
+    for (strategy, budget), runs in sorted(groups.items(), key=lambda g: (float(g[0][1].rstrip("%")), g[0][0])):
         asr = float(np.mean([m["harmful"]["asr"] for m in runs]))
         over = float(np.mean([m["safe"]["refusal_rate"] for m in runs]))
         change = f"{asr / base_asr - 1:+.0%}" if base_asr > 0 else ""
