@@ -74,7 +74,7 @@ class FIHSScorer:
                     "(rows with a `prompt` and `harmful` true, or no `harmful` column)."
                 )
         else:
-            rows = [] if reference is None else [r for r in reference if str(r.get("label", "")).lower()
+            rows = [] if reference is None else [r for r in reference if str(r.get("label", "")).strip().lower()
                                                   in HARMFUL_COMPLETION_LABELS]  # fmt: skip
             if not rows:
                 raise ValueError(
