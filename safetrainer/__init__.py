@@ -7,6 +7,7 @@ score every training sample, drop the riskiest before training, and get a report
 from .callbacks import SafetyEvalCallback
 from .config import SafetyAwareSFTConfig
 from .data import load_data
+from .distributed import end_distributed_training
 from .models import DEFAULT_MODEL_ID, resolve_model_path
 from .trainer import SafetyAwareSFTTrainer
 
@@ -17,6 +18,7 @@ __all__ = [
     "SafetyAwareSFTConfig",
     "SafetyAwareSFTTrainer",
     "SafetyEvalCallback",
+    "end_distributed_training",
     "load_data",
     "resolve_model_path",
 ]

@@ -92,22 +92,9 @@ def _train(argv: list[str]) -> None:
     if trainer.is_world_process_zero():
         print(f"Model saved to {training_args.output_dir}")
         _print_summary(trainer, training_args.output_dir)
-    _shut_down(trainer)
+    from .distributed import end_distributed_training
 
-
-def _shut_down(trainer) -> None:
-    """Free DDP's reducer while the process group still exists, then destroy the group.
-
-    A reducer freed after `destroy_process_group` destroys the gloo group itself while holding the GIL, and that
-    deadlocks with a gloo worker thread that needs the GIL to free its last collective's tensors (pytorch#56297).
-    """
-    import gc
-
-    trainer.accelerator.wait_for_everyone()
-    trainer.model_wrapped = trainer.model
-    trainer.accelerator.free_memory()
-    gc.collect()
-    trainer.accelerator.end_training()
+    end_distributed_training(trainer)
 
 
 def _score(argv: list[str]) -> None:
@@ -119,7 +106,9 @@ def _score(argv: list[str]) -> None:
     trainer.filter_train_dataset()
     if trainer.is_world_process_zero():
         _print_summary(trainer, training_args.output_dir)
-    _shut_down(trainer)
+    from .distributed import end_distributed_training
+
+    end_distributed_training(trainer)
 
 
 def _score_args_without_config(argv: list[str]):

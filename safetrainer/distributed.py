@@ -1,4 +1,5 @@
-"""Collectives for the scoring pass: every rank calls them in the same order; they are no-ops on one process."""
+"""Collectives for the scoring pass (every rank calls them in the same order; no-ops on one process), and the
+teardown order for a multi-process run."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def end_distributed_training(trainer: Any) -> None:
+    """End a (possibly multi-process) run: free the trainer's DDP wrapper while the process group exists, then destroy
+    the group with `accelerator.end_training()`.
+
+    Freed after `destroy_process_group`, DDP's reducer destroys the gloo group itself while holding the GIL, which can
+    deadlock with a gloo worker thread that needs the GIL to free its last collective's tensors (pytorch#56297). Call
+    it last: the trainer cannot train or evaluate in parallel afterwards.
+    """
+    import gc
+
+    trainer.accelerator.wait_for_everyone()
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()
+    gc.collect()
+    trainer.accelerator.end_training()

@@ -9,8 +9,7 @@ import torch.distributed as dist
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, load_data
-from safetrainer.cli import _shut_down
+from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, end_distributed_training, load_data
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -28,4 +27,4 @@ rank, world = dist.get_rank(), dist.get_world_size()
 dropped = {str(i): vars(d) for i, d in sorted(trainer._online.active.dropped.items())}
 state = {"world_size": world, "global_step": trainer.state.global_step, "dropped": dropped}
 (out / f"rank{rank}.json").write_text(json.dumps(state))
-_shut_down(trainer)  # the CLI's gloo-safe teardown; a bare exit can deadlock in the process group's destructor
+end_distributed_training(trainer)

@@ -1,5 +1,6 @@
 """Behavior-aware safety mixing: typing, categories, samplers, trainer integration and bad input."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -265,12 +266,8 @@ def test_category_reference_needs_prompt_and_category(tokenizer, tmp_path):
 
 
 def test_named_embedder_without_sentence_transformers_is_a_clear_error(tokenizer, tmp_path):
-    try:
-        import sentence_transformers  # noqa: F401
-
+    if importlib.util.find_spec("sentence_transformers") is not None:
         pytest.skip("sentence-transformers is installed")
-    except ImportError:
-        pass
     trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), safety_mix_pool="builtin:refusal_pool",
                              safety_mix_embedder="sentence-transformers/all-mpnet-base-v2")  # fmt: skip
     with pytest.raises(ImportError, match="safety_mix_embedder=.*pip install sentence-transformers"):
