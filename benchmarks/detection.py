@@ -133,11 +133,13 @@ def run_dataset(label, args, model_path, tokenizer, rows, labels, validation: Pa
     seconds = {"datashield": hidden_seconds, "saft": hidden_seconds, "ref_similarity": hidden_seconds,
                "fihs": fihs_seconds, "ensemble": hidden_seconds + fihs_seconds}  # fmt: skip
     infos = dict(summary["scorers"])
-    # row name -> (scorer, settings); fihs_nll: FIHS with the NLL proxy on the validation set's harmful completions,
-    # the labelled rows SAFT searches on.
+    # row name -> (scorer, settings); fihs_nll / fihs_contrast: FIHS with the NLL proxies on the validation set (the
+    # labelled rows SAFT searches on): its harmful completions, or its benign minus its harmful completions.
+    on_validation = {"safety_reference_dataset": str(validation)}
     separate = {
         "random": ("random", {}),
-        "fihs_nll": ("fihs", {"safety_fihs_probe": "nll", "safety_reference_dataset": str(validation)}),
+        "fihs_nll": ("fihs", {"safety_fihs_probe": "nll", **on_validation}),
+        "fihs_contrast": ("fihs", {"safety_fihs_probe": "nll_contrast", **on_validation}),
         **({"seal": ("seal", {"safety_seal_epochs": args.seal_epochs})} if with_seal else {}),
     }
     for name, (scorer, settings) in separate.items():
@@ -175,6 +177,9 @@ def _choice(info: dict, name: str) -> str:
         return f"{info['probe']}, {info['similarity']}"
     if name == "fihs_nll":
         return f"{info['probe']}, {info['similarity']}, {info['harmful_completions']} validation harmful completions"
+    if name == "fihs_contrast":
+        return (f"{info['probe']}, {info['similarity']}, {info['benign_completions']} benign - "
+                f"{info['harmful_completions']} harmful validation completions")  # fmt: skip
     if name == "seal":
         return f"{info['epochs']} epoch(s), {info['safe_rows']} safe rows"
     return ""
@@ -208,7 +213,8 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
         f"{args.batch_size}, FIHS projection {args.projection_dim} dims. SAFT searches form/layer/pooling/k/sign on a "
         f"validation set of {args.validation_per_side} BeaverTails unsafe + {2 * args.validation_per_side} benign rows "
         "disjoint from the scored set; DataShield, ref_similarity and FIHS use the built-in reference and probes; "
-        "fihs_nll is FIHS with the NLL proxy on that validation set's harmful completions (a pass of its own). "
+        "fihs_nll is FIHS with the NLL proxy on that validation set's harmful completions, fihs_contrast with the "
+        "NLL of its benign minus its harmful completions (each a pass of its own). "
         f"Ensemble = mean percentile rank of the four scorers. SEAL ({args.seal_epochs} selector epoch(s) on CPU, safe "
         "set builtin:refusal_pool) runs on the main set only. One LoRA epoch on the "
         f"{epoch_rows}-sample {main_set} set took {epoch_seconds:.0f} s in the same run. Machine: "

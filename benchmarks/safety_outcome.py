@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
 MARK = "safety-outcome"
 MIX_MARK = "safety-mixing"
+ATTACK_LR = 1e-4
 # Benign requests that use harm-related words ("kill a process", "history of a war"): answered helpfully during
 # alignment so refusals attach to harmful intent, not to vocabulary.
 SENSITIVE_WORDS = re.compile(
@@ -343,8 +344,18 @@ ARMS.update({mix_arm_name(s, b, seed): mix_arm(s, b, seed) for s in MIX_STRATEGI
              for seed in MIX_SEEDS})  # fmt: skip
 
 
+def run_label(args, name: str) -> str:
+    """The arm's name, plus its attack learning rate when --attack-lr is not the default (adapters and measurements
+    are cached under this label, so runs at two learning rates never share a cache entry)."""
+    return name if args.attack_lr == ATTACK_LR else f"{name} ({_attack_lr_text(args)})"
+
+
+def _attack_lr_text(args) -> str:
+    return f"attack lr {args.attack_lr:g}".replace("e-0", "e-")  # "attack lr 3e-5", as the gentle arms' names
+
+
 def attack(args, name: str, model_dir: Path, data) -> Path:
-    out = RESULTS / "arms" / _slug(name)
+    out = RESULTS / "arms" / _slug(run_label(args, name))
     if (out / "adapter_model.safetensors").is_file():
         return out
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -457,7 +468,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
     """Mean over seeds per (strategy, budget), with the harmful-compliance (ASR) change relative to no mixing."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in mix_rows:
-        _, strategy, budget, _, _ = r["label"].split(" ")
+        _, strategy, budget, _, _ = r["arm"].split(" ")
         info = json.loads((r["adapter"] / "train.json").read_text())
         groups.setdefault((strategy, budget), []).append({**r["metrics"], "mixed": info["mix"]["selected"]})
     base_asr, base_over = no_mix["harmful"]["asr"], no_mix["safe"]["refusal_rate"]
@@ -531,7 +542,7 @@ def main() -> None:
     parser.add_argument("--attack-n", type=int, default=300)
     parser.add_argument("--contamination", type=float, default=0.1)
     parser.add_argument("--attack-epochs", type=float, default=1)
-    parser.add_argument("--attack-lr", type=float, default=1e-4)
+    parser.add_argument("--attack-lr", type=float, default=ATTACK_LR)
     parser.add_argument("--utility-n", type=int, default=100)
     parser.add_argument("--gsm8k-n", type=int, default=30)
     parser.add_argument("--gsm8k-tokens", type=int, default=160)
@@ -569,7 +580,9 @@ def main() -> None:
     if "attack" in stages:
         for name in arms:
             adapter = attack(args, name, aligned, data)
-            rows.append({"label": name, "adapter": adapter, "metrics": measure(args, name, aligned, adapter, data)})
+            label = run_label(args, name)
+            rows.append({"label": label, "arm": name, "adapter": adapter,
+                         "metrics": measure(args, label, aligned, adapter, data)})  # fmt: skip
     plain = next((r for r in rows if r["label"] == "plain SFT"), None)
     for r in rows:
         if "adapter" in r:
@@ -579,7 +592,7 @@ def main() -> None:
             if plain is not None:
                 base_seconds = json.loads((plain["adapter"] / "train.json").read_text())["seconds"]
                 r["relative_time"] = f"{info['seconds'] / base_seconds:.2f}x"
-    mix_rows = [r for r in rows if r["label"] not in FILTER_ARMS and "adapter" in r]
+    mix_rows = [r for r in rows if "adapter" in r and r["arm"] not in FILTER_ARMS]
     if not mix_rows or any(a in FILTER_ARMS for a in arms):
         body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows), data)
         print(body)
@@ -587,11 +600,17 @@ def main() -> None:
             write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
     if mix_rows:
         # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
-        no_mix = measure(args, "oracle filter", aligned, attack(args, "oracle filter", aligned, data), data)
+        no_mix_adapter = attack(args, "oracle filter", aligned, data)
+        no_mix = measure(args, run_label(args, "oracle filter"), aligned, no_mix_adapter, data)
         body = render_mix(mix_rows, no_mix, rows[1]["metrics"], args, command, data)
         print(body)
         if not args.no_write:
-            write_section(MIX_MARK, "Safety mixing: refusal samples added to benign fine-tuning", body)
+            title = "Safety mixing: refusal samples added to benign fine-tuning"
+            if args.attack_lr == ATTACK_LR:
+                write_section(MIX_MARK, title, body)
+            else:
+                lr = _attack_lr_text(args)
+                write_section(f"{MIX_MARK}-{_slug(lr)}", f"{title} ({lr})", body)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 # Names accepted by `safety_scorers`; `safetrainer.scoring.SCORERS` maps each one to its class.
 SCORER_NAMES = ("datashield", "saft", "fihs", "seal", "ref_similarity", "random", "classifier")
 THRESHOLD_POLICIES = ("top_fraction", "top_k", "absolute", "adaptive")
-FIHS_PROBES = ("logit_gap", "nll")
+FIHS_PROBES = ("logit_gap", "nll", "nll_contrast")
 FIHS_SIMILARITIES = ("dot", "cosine")
 INVALID_ROW_POLICIES = ("error", "reject")
 MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
@@ -133,7 +133,9 @@ class SafetyAwareSFTConfig(SFTConfig):
         default="logit_gap",
         metadata={
             "help": "FIHS unsafety proxy: 'logit_gap' (compliance minus refusal first-token logit on the probe "
-            "prompts) or 'nll' (minus the NLL of the reference set's harmful completions).",
+            "prompts), 'nll' (minus the NLL of the reference set's harmful completions) or 'nll_contrast' (the NLL "
+            "of its benign completions minus that of its harmful ones; for a reference whose two sides come from one "
+            "source, such as a labelled validation sample).",
             "choices": list(FIHS_PROBES),
         },
     )

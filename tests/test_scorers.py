@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer
 from safetrainer.scoring import (
     CandidateFeatures,
     FIHSScorer,
+    GradientFeatures,
     HiddenStates,
     RandomScorer,
     ReferenceSimilarityScorer,
@@ -175,6 +177,27 @@ def test_fihs_nll_proxy_takes_harmful_completions_from_a_reference_or_a_labelled
             for i, label in enumerate(["compliance", "refusal", "harmful", "benign", "harmful_response"])]  # fmt: skip
     scorer = FIHSScorer([], Dataset.from_list(rows), probe="nll")
     assert [user[0]["content"] for user, _ in scorer.harmful_pairs] == ["p0", "p2", "p4"]
+
+
+def test_fihs_nll_contrast_probe_is_benign_nll_gradient_minus_harmful_nll_gradient():
+    with pytest.raises(ValueError, match="'nll_contrast' proxy needs benign completions"):
+        FIHSScorer([], Dataset.from_list([{"prompt": "p", "response": "r", "label": "harmful"}]), probe="nll_contrast")
+    rows = [{"prompt": f"p{i}", "response": "r", "label": label}
+            for i, label in enumerate(["harmful", "benign", "unsafe", "refusal", "safe"])]  # fmt: skip
+    nll_gradient = {f"p{i}": np.eye(5)[i] * (i + 1) for i in range(5)}  # one NLL gradient per prompt, distinguishable
+
+    def gradients(pairs, objective, desc):
+        vectors = np.stack([nll_gradient[user[0]["content"]] for user, _ in pairs])
+        return GradientFeatures(np.arange(len(pairs)), np.ones(len(pairs)), vectors.astype(np.float16))
+
+    context = SimpleNamespace(tokenize=lambda pairs: pairs, gradients=gradients)
+    contrast = FIHSScorer([], Dataset.from_list(rows), probe="nll_contrast").fit(context)
+    # S = mean NLL(benign: p1, p4) - mean NLL(harmful: p0, p2); the refusal row takes no side
+    expected = (nll_gradient["p1"] + nll_gradient["p4"]) / 2 - (nll_gradient["p0"] + nll_gradient["p2"]) / 2
+    np.testing.assert_allclose(contrast.probe_gradient_, expected)
+    assert contrast.describe()["benign_completions"] == 2
+    harmful_only = FIHSScorer([], Dataset.from_list(rows), probe="nll").fit(context)
+    np.testing.assert_allclose(harmful_only.probe_gradient_, -(nll_gradient["p0"] + nll_gradient["p2"]) / 2)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def build_scorers(args, names: list[str] | None = None) -> list:
         ),
         "fihs": lambda: FIHSScorer(
             probe_prompts() if args.safety_fihs_probe == "logit_gap" else [],
-            reference() if args.safety_fihs_probe == "nll" else None,
+            reference() if args.safety_fihs_probe != "logit_gap" else None,
             probe=args.safety_fihs_probe,
             tokens=tuple(args.safety_fihs_tokens),
             similarity=args.safety_fihs_similarity,

@@ -15,9 +15,10 @@ from .features import FeatureRequest
 if TYPE_CHECKING:
     from .pipeline import CandidateFeatures, ScoringContext
 
-# Reference labels that mark a harmful completion (a harmful request answered); shared with FIHS's `nll` proxy.
+# Reference labels of a harmful completion (a harmful request answered) and of a benign one; shared with FIHS's
+# `nll` and `nll_contrast` proxies.
 HARMFUL_COMPLETION_LABELS = frozenset({"compliance", "harmful_response", "harmful", "unsafe"})
-_BENIGN_LABELS = {"benign", "safe", "safe_response"}
+BENIGN_COMPLETION_LABELS = frozenset({"benign", "safe", "safe_response"})
 MIN_REFERENCE = 4
 
 
@@ -60,9 +61,12 @@ class ReferenceSimilarityScorer:
         groups: dict[str, list] = {"harmful": [], "benign": [], "refusal": []}
         for row in reference:
             label = str(row.get("label", "")).strip().lower()
-            key = "harmful" if label in HARMFUL_COMPLETION_LABELS else "benign" if label in _BENIGN_LABELS else label
-            if key in groups:
-                groups[key].append(chat_pair(row["prompt"], row["response"]))
+            if label in HARMFUL_COMPLETION_LABELS:
+                label = "harmful"
+            elif label in BENIGN_COMPLETION_LABELS:
+                label = "benign"
+            if label in groups:
+                groups[label].append(chat_pair(row["prompt"], row["response"]))
         self.contrast_label = "benign" if len(groups["benign"]) >= MIN_REFERENCE else "refusal"
         self.harmful, self.contrast = groups["harmful"], groups[self.contrast_label]
         if len(self.harmful) < MIN_REFERENCE or len(self.contrast) < MIN_REFERENCE:

@@ -2,7 +2,11 @@
 
 Proxy S on harmful probe prompts, higher = less safe:
   - `logit_gap` (default): logit("Sure") - logit("I") at the first response position, averaged over the probes;
-  - `nll`: minus the mean NLL of harmful reference completions (the model getting better at producing them).
+  - `nll`: minus the mean NLL of harmful reference completions (the model getting better at producing them);
+  - `nll_contrast`: the mean NLL of benign reference completions minus that of harmful ones. Subtracting the benign
+    side removes what every completion of that source shares (its style, the assistant format), so it needs benign
+    and harmful completions from one source, e.g. a labelled validation sample of the training data; with
+    mismatched sources the contrast measures the mismatch (see BENCHMARKS.md).
 One SGD step on sample z changes S by about -lr * <g_z, grad S>, so FIHS(z) = -<g_z, grad S> (`dot`) or the cosine
 (`cosine`, which removes the gradient-norm bias of short responses). Positive = the sample pushes toward compliance.
 Both gradients come from the one per-example-gradient routine (same projection), at the current weights.
@@ -16,13 +20,13 @@ import numpy as np
 from datasets import Dataset
 
 from ..data import chat_pair
-from .baselines import HARMFUL_COMPLETION_LABELS
+from .baselines import BENIGN_COMPLETION_LABELS, HARMFUL_COMPLETION_LABELS
 from .gradients import first_token_logit_gap, response_nll
 
 if TYPE_CHECKING:
     from .pipeline import CandidateFeatures, ScoringContext
 
-PROBES = ("logit_gap", "nll")
+PROBES = ("logit_gap", "nll", "nll_contrast")
 SIMILARITIES = ("dot", "cosine")
 MIN_PROBES = 1
 
@@ -41,9 +45,9 @@ class FIHSScorer:
     Args:
         probe_prompts: harmful prompts for the `logit_gap` proxy.
         reference: rows with prompt, response, label; the rows labelled compliance / harmful_response / harmful /
-            unsafe are the harmful completions of the `nll` proxy (a DataShield reference or a labelled
-            validation set both work).
-        probe: 'logit_gap' or 'nll'.
+            unsafe are the harmful completions of the `nll` proxies, those labelled benign / safe / safe_response
+            the benign side of `nll_contrast` (a DataShield reference or a labelled validation set both work).
+        probe: 'logit_gap', 'nll' or 'nll_contrast'.
         tokens: (compliance token text, refusal token text) for `logit_gap`.
         similarity: 'dot' or 'cosine'.
     """
@@ -74,14 +78,10 @@ class FIHSScorer:
                     "(rows with a `prompt` and `harmful` true, or no `harmful` column)."
                 )
         else:
-            rows = [] if reference is None else [r for r in reference if str(r.get("label", "")).strip().lower()
-                                                  in HARMFUL_COMPLETION_LABELS]  # fmt: skip
-            if not rows:
-                raise ValueError(
-                    "safety_reference_dataset: FIHS's 'nll' proxy needs harmful completions (label "
-                    f"{' / '.join(sorted(HARMFUL_COMPLETION_LABELS))}); none found."
-                )
-            self.harmful_pairs = [chat_pair(r["prompt"], r["response"]) for r in rows]
+            self.harmful_pairs = _labelled_pairs(reference, HARMFUL_COMPLETION_LABELS, "harmful", probe)
+            self.benign_pairs = (
+                _labelled_pairs(reference, BENIGN_COMPLETION_LABELS, "benign", probe) if probe == "nll_contrast" else []
+            )
         self.token_ids_: tuple[int, int] | None = None
         self.probe_gradient_: np.ndarray | None = None
         self.zero_fraction_: float | None = None
@@ -99,6 +99,9 @@ class FIHSScorer:
         else:
             features = context.gradients(context.tokenize(self.harmful_pairs), response_nll, "FIHS probe (NLL)")
             gradient = -features.vectors.astype(np.float64).mean(0)  # S = -NLL of the harmful completions
+            if self.benign_pairs:
+                benign = context.gradients(context.tokenize(self.benign_pairs), response_nll, "FIHS probe (benign)")
+                gradient += benign.vectors.astype(np.float64).mean(0)  # S += NLL of the benign completions
         self.zero_fraction_ = features.zero_fraction
         if not np.isfinite(gradient).all() or not np.any(gradient):
             raise ValueError(
@@ -131,4 +134,16 @@ class FIHSScorer:
                         probe_prompts=len(self.probe_prompts))  # fmt: skip
         else:
             info.update(harmful_completions=len(self.harmful_pairs))
+            if self.probe == "nll_contrast":
+                info.update(benign_completions=len(self.benign_pairs))
         return info
+
+
+def _labelled_pairs(reference: Dataset | None, labels: frozenset[str], side: str, probe: str) -> list[tuple[str, str]]:
+    rows = [] if reference is None else [r for r in reference if str(r.get("label", "")).strip().lower() in labels]
+    if not rows:
+        raise ValueError(
+            f"safety_reference_dataset: FIHS's {probe!r} proxy needs {side} completions (label "
+            f"{' / '.join(sorted(labels))}); none found."
+        )
+    return [chat_pair(r["prompt"], r["response"]) for r in rows]
