@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from safetrainer.data import chat_pair, tokenize_pair
+from safetrainer.data.tokenization import pad_right
 from safetrainer.scoring.gradients import (
     CountSketchProjector,
     PerExampleGradients,
@@ -85,6 +86,22 @@ def test_logit_gap_objective_matches_loop(tokenizer):
     batched = PerExampleGradients(model, tokenizer.pad_token_id, dim=0)(prompts, objective).vectors
     expected = loop_gradients(model, tokenizer, prompts, objective)
     assert torch.allclose(torch.from_numpy(batched.astype(np.float32)), expected.half().float(), rtol=1e-2, atol=1e-4)
+
+
+def test_objectives_read_only_the_logits_from_the_last_prompt_position_on(tokenizer):
+    """The batched routine asks the model for the logits of the last K positions only (`logits_to_keep`); both
+    objectives must give the same losses from that window as from the full logits."""
+    model = lora_model(tokenizer)
+    batch = examples(tokenizer)
+    prompts = [type(e)(e.sample_idx, e.input_ids[: e.prompt_len], e.prompt_len) for e in batch]
+    for rows, objective in ((batch, response_nll), (prompts, first_token_logit_gap(5, 7))):
+        input_ids, attention_mask = pad_right(rows, tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        first = min(e.prompt_len for e in rows) - 1
+        assert first > 0  # the window really is narrower than the sequence
+        full = objective(logits, input_ids, attention_mask, rows)
+        torch.testing.assert_close(objective(logits[:, first:], input_ids, attention_mask, rows), full)
 
 
 def test_projection_is_seeded_linear_and_preserves_inner_products():

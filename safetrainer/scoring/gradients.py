@@ -20,6 +20,7 @@ reports how much of the computed gradient was zero.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,17 +33,19 @@ from tqdm.auto import tqdm
 from ..data.tokenization import TokenizedPair, pad_right
 from .features import decoder_layers
 
-# objective(logits [B, T, V], input_ids [B, T], attention_mask [B, T], batch) -> per-example loss [B]
+# objective(logits [B, K, V], input_ids [B, T], attention_mask [B, T], batch) -> per-example loss [B]; the logits
+# cover the last K <= T positions (see `PerExampleGradients.batch_gradients`).
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[TokenizedPair]], torch.Tensor]
 
 
 def response_nll(logits, input_ids, attention_mask, batch) -> torch.Tensor:
     """Token-mean negative log-likelihood of each sample's response tokens (what SFT trains on)."""
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    first = input_ids.shape[1] - logits.shape[1]  # position of logits[:, 0]
+    positions = torch.arange(first + 1, input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     prompt_len = torch.tensor([e.prompt_len for e in batch], device=input_ids.device).unsqueeze(1)
-    target_mask = ((positions >= prompt_len) & attention_mask.bool())[:, 1:].float()
+    target_mask = ((positions >= prompt_len) & attention_mask[:, first + 1 :].bool()).float()
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token_nll = -log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    token_nll = -log_probs.gather(-1, input_ids[:, first + 1 :].unsqueeze(-1)).squeeze(-1)
     return (token_nll * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
 
 
@@ -50,7 +53,7 @@ def first_token_logit_gap(compliance_token_id: int, refusal_token_id: int) -> Ob
     """S(x) = logit(compliance token) - logit(refusal token) at the first response position (prompt-only inputs)."""
 
     def objective(logits, input_ids, attention_mask, batch):
-        last = attention_mask.sum(1) - 1
+        last = attention_mask.sum(1) - 1 - (input_ids.shape[1] - logits.shape[1])
         at_first_response = logits[torch.arange(len(batch), device=logits.device), last].float()
         return at_first_response[:, compliance_token_id] - at_first_response[:, refusal_token_id]
 
@@ -224,6 +227,8 @@ class PerExampleGradients:
         self.module_names = [n for n, _ in named]
         self.io = _LinearIO([m for _, m in named])
         self.projector = CountSketchProjector([m.weight.numel() for _, m in named], dim, seed)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._window = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     @property
     def dim(self) -> int:
@@ -257,8 +262,11 @@ class PerExampleGradients:
         """Unprojected per-example gradient blocks for one batch."""
         input_ids, attention_mask = pad_right(list(batch), self.pad_token_id)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        # No objective reads a logit before the last prompt position: the vocabulary projection (and its softmax)
+        # of the earlier positions, a fifth of a small model's forward and backward, is skipped where supported.
+        keep = {"logits_to_keep": input_ids.shape[1] - min(e.prompt_len for e in batch) + 1} if self._window else {}
         with torch.enable_grad(), self.io.recording():
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep).logits
             losses = objective(logits, input_ids, attention_mask, batch)
             blocks = self.io.per_example_gradients(losses.sum())
         return blocks
