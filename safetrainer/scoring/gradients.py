@@ -228,7 +228,7 @@ class PerExampleGradients:
         self.io = _LinearIO([m for _, m in named])
         self.projector = CountSketchProjector([m.weight.numel() for _, m in named], dim, seed)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._window = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._keeps_logit_window = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     @property
     def dim(self) -> int:
@@ -264,7 +264,9 @@ class PerExampleGradients:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         # No objective reads a logit before the last prompt position: the vocabulary projection (and its softmax)
         # of the earlier positions, a fifth of a small model's forward and backward, is skipped where supported.
-        keep = {"logits_to_keep": input_ids.shape[1] - min(e.prompt_len for e in batch) + 1} if self._window else {}
+        keep = {}
+        if self._keeps_logit_window:
+            keep["logits_to_keep"] = input_ids.shape[1] - min(e.prompt_len for e in batch) + 1
         with torch.enable_grad(), self.io.recording():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep).logits
             losses = objective(logits, input_ids, attention_mask, batch)
