@@ -597,7 +597,7 @@ def main() -> None:
         body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows), data)
         print(body)
         if not args.no_write and "measure" in stages:
-            write_section(MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
+            write_lr_section(args, MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
     if mix_rows:
         # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
         no_mix_adapter = attack(args, "oracle filter", aligned, data)
@@ -605,12 +605,15 @@ def main() -> None:
         body = render_mix(mix_rows, no_mix, rows[1]["metrics"], args, command, data)
         print(body)
         if not args.no_write:
-            title = "Safety mixing: refusal samples added to benign fine-tuning"
-            if args.attack_lr == ATTACK_LR:
-                write_section(MIX_MARK, title, body)
-            else:
-                lr = _attack_lr_text(args)
-                write_section(f"{MIX_MARK}-{_slug(lr)}", f"{title} ({lr})", body)
+            write_lr_section(args, MIX_MARK, "Safety mixing: refusal samples added to benign fine-tuning", body)
+
+
+def write_lr_section(args, mark: str, title: str, body: str) -> None:
+    """A run at a non-default --attack-lr writes a section of its own instead of replacing the default one."""
+    if args.attack_lr != ATTACK_LR:
+        lr = _attack_lr_text(args)
+        mark, title = f"{mark}-{_slug(lr)}", f"{title} ({lr})"
+    write_section(mark, title, body)
 
 
 if __name__ == "__main__":
