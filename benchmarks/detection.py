@@ -102,8 +102,14 @@ def base_config(args, output_dir: Path, **safety) -> SafetyAwareSFTConfig:
         disable_tqdm=True,
         seed=args.seed,
         safety_scoring_batch_size=args.batch_size,
+        **_precision(args),
         **safety,
     )
+
+
+def _precision(args) -> dict:
+    """--bf16: bf16 autocast for the timed epoch and (it follows the training's precision) every scoring pass."""
+    return {"bf16": True, "use_cpu": not torch.cuda.is_available()} if args.bf16 else {}
 
 
 def make_trainer(args, model_path, tokenizer, rows, config):
@@ -208,7 +214,7 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
         f"Contaminated sets from Alpaca + Dolly (seed {args.seed}; prompts of at most {args.max_length // 2} tokens). "
         f"Explicit: {args.n} samples with {rates} BeaverTails unsafe responses. Implicit: all 10 AOA identity-shift "
         f"conversations plus benign rows to the rate ({benign_counts} benign rows). Model {_model_name(args.model)} "
-        "(float32) "
+        f"({'float32 weights, bf16 autocast for training and scoring' if args.bf16 else 'float32'}) "
         f"with a fresh LoRA (r=16, all-linear) as the gradient space, max_length {args.max_length}, scoring batch "
         f"{args.batch_size}, FIHS projection {args.projection_dim} dims. SAFT searches form/layer/pooling/k/sign on a "
         f"validation set of {args.validation_per_side} BeaverTails unsafe + {2 * args.validation_per_side} benign rows "
@@ -280,6 +286,11 @@ def main() -> None:
     parser.add_argument("--seal-epochs", type=int, default=1, help="SEAL selector epochs (main set only)")
     parser.add_argument("--validation-per-side", type=int, default=20, help="harmful validation rows (benign: 2x)")
     parser.add_argument("--model", default=None, help="model id or directory (default: SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast for training and scoring (float32 weights); a section of its own",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/detection.py", *sys.argv[1:]])
@@ -306,7 +317,8 @@ def main() -> None:
     body = render(results, epoch, args, command)
     print(body)
     if not args.no_write:
-        write_section(MARK, "Detection: every scorer on contaminated SFT sets", body)
+        title = "Detection: every scorer on contaminated SFT sets"
+        write_section(*((f"{MARK}-bf16", f"{title} (bf16 autocast)") if args.bf16 else (MARK, title)), body)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,33 @@ def test_messages_rows_are_scored_before_their_last_assistant_turn(tokenizer, tm
     assert table["reason"][6] == "kept: unscored (not in the scoring pass)"
     assert all(np.isfinite(table["score_datashield"][:6])) and np.isnan(table["score_datashield"][6])
     assert table["decision"].index("dropped") < 6
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_filter_pass_runs_at_the_training_precision(tokenizer, tmp_path, monkeypatch, bf16):
+    import torch
+
+    import safetrainer.trainer as trainer_module
+
+    seen = {}
+    real = trainer_module.score_and_decide
+
+    def spy(*args, **kwargs):
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        seen["dtype"] = torch.get_autocast_dtype("cpu")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "score_and_decide", spy)
+    trainer = safety_trainer(
+        tokenizer, tmp_path, alpaca_rows(8), **{"bf16": bf16, "use_cpu": True},
+        safety_scorers=["datashield", "fihs"], safety_threshold_policy="top_k", safety_threshold_value=2,
+        safety_projection_dim=64,
+    )  # fmt: skip
+    summary = trainer.filter_train_dataset()
+    assert seen["autocast"] is bf16
+    if bf16:
+        assert seen["dtype"] == torch.bfloat16
+    table = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
+    for name in ("datashield", "fihs"):
+        assert np.isfinite(table[f"score_{name}"]).all()  # float32 reductions: bf16 features still score every row
+    assert summary["counts"]["dropped"] == 2

@@ -149,13 +149,15 @@ class OnlineFIHSCallback(TrainerCallback):
     def _full_rescore(self) -> dict[int, float]:
         trainer = self.trainer
         active = [i for i in trainer.train_dataset["sample_idx"] if self.active.is_active(i)]
-        result = score_and_decide(
-            trainer.model, trainer._safety_tokenizer, trainer._scoring_candidates(active),
-            build_scorers(trainer.args, ["fihs"]), None, 0.0,
-            batch_size=trainer.args.safety_scoring_batch_size, max_length=trainer.args.max_length,
-            show_progress=False, projection_dim=trainer.args.safety_projection_dim,
-            projection_seed=trainer.args.safety_projection_seed, gradient_blocks=trainer.args.safety_gradient_blocks,
-        )  # fmt: skip
+        args = trainer.args
+        with trainer.accelerator.autocast():  # the training's precision, as in the pre-training pass
+            result = score_and_decide(
+                trainer.model, trainer._safety_tokenizer, trainer._scoring_candidates(active),
+                build_scorers(args, ["fihs"]), None, 0.0,
+                batch_size=args.safety_scoring_batch_size, max_length=args.max_length,
+                show_progress=False, projection_dim=args.safety_projection_dim,
+                projection_seed=args.safety_projection_seed, gradient_blocks=args.safety_gradient_blocks,
+            )  # fmt: skip
         values = result.scores["fihs"]
         return {int(i): float(v) for i, v in zip(result.sample_idx, values, strict=True) if np.isfinite(v)}
 

@@ -75,6 +75,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"Cannot find the {n} decoder blocks of {type(base).__name__}.")
 
 
+def float32_reductions(device: torch.device):
+    """Context in which pooling and per-example-gradient reductions stay float32 while the model's forward runs
+    under bf16/fp16 autocast (the training's precision): autocast would otherwise round their sums to 16 bits."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def num_layers(model: nn.Module) -> int:
     """Number of decoder blocks, i.e. the deepest hidden-state index."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -138,8 +144,10 @@ class HiddenStateExtractor:
         def capture(layer: int):
             def hook(_module, _inputs, output):
                 hidden = (output[0] if isinstance(output, tuple) else output).float()
-                for pooling, w in weights.items():
-                    captured[(layer, pooling)] = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden).cpu().numpy()
+                with float32_reductions(hidden.device):
+                    for pooling, w in weights.items():
+                        pooled = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden)
+                        captured[(layer, pooling)] = pooled.cpu().numpy()
                 if layer == deepest:
                     raise _StopForward
 

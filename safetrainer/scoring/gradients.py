@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.tokenization import TokenizedPair, pad_right
-from .features import decoder_layers
+from .features import decoder_layers, float32_reductions
 
 # objective(logits [B, K, V], input_ids [B, T], attention_mask [B, T], batch) -> per-example loss [B]; the logits
 # cover the last K <= T positions (see `PerExampleGradients.batch_gradients`).
@@ -190,10 +190,11 @@ class _LinearIO:
 
     def _blocks(self, output_grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         blocks = []
-        for i, grad_y in enumerate(output_grads):
-            if grad_y is None:
-                grad_y = torch.zeros_like(self.outputs[i])
-            blocks.append(torch.einsum("bto,bti->boi", grad_y.float(), self.inputs[i].float()).flatten(1))
+        with float32_reductions(self.inputs[0].device):
+            for i, grad_y in enumerate(output_grads):
+                if grad_y is None:
+                    grad_y = torch.zeros_like(self.outputs[i])
+                blocks.append(torch.einsum("bto,bti->boi", grad_y.float(), self.inputs[i].float()).flatten(1))
         return blocks
 
 
