@@ -206,8 +206,9 @@ def time_epoch(args, model_path, tokenizer, rows) -> float:
     return time.perf_counter() - start
 
 
-def render(results: list[dict], epoch: tuple[float, int, str], args, command: str) -> str:
-    epoch_seconds, epoch_rows, main_set = epoch
+def render(results: list[dict], epoch: tuple[tuple[float, float], int, str], args, command: str) -> str:
+    (before, after), epoch_rows, main_set = epoch
+    epoch_seconds = min(before, after)
     rates = "/".join(f"{float(r):.0%}" for r in args.rates.split(","))
     benign_counts = "/".join(str(round(10 / float(r)) - 10) for r in args.rates.split(","))
     header = (
@@ -223,7 +224,8 @@ def render(results: list[dict], epoch: tuple[float, int, str], args, command: st
         "NLL of its benign minus its harmful completions (each a pass of its own). "
         f"Ensemble = mean percentile rank of the four scorers. SEAL ({args.seal_epochs} selector epoch(s) on CPU, safe "
         "set builtin:refusal_pool) runs on the main set only. One LoRA epoch on the "
-        f"{epoch_rows}-sample {main_set} set took {epoch_seconds:.0f} s in the same run. Machine: "
+        f"{epoch_rows}-sample {main_set} set took {before:.0f} s before the scoring passes and {after:.0f} s after "
+        f"them in the same run; costs are per the faster, {epoch_seconds:.0f} s. Machine: "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}; measured {date.today().isoformat()}."
     )
@@ -311,9 +313,13 @@ def main() -> None:
             label = f"{source} {rate:.0%}"
             print(f"== {label}: {len(rows)} rows, {int(labels.sum())} harmful", flush=True)
             is_main = source == "explicit" and rate == main_rate
+            # The epoch is timed before and after the scoring passes: the same epoch took 160-220 s (bf16) and
+            # 236-325 s (float32) within and across processes on this CPU; the faster timing gives the higher, more
+            # conservative cost ratios.
+            before = time_epoch(args, model_path, tokenizer, rows) if is_main else None
             results += run_dataset(label, args, model_path, tokenizer, rows, labels, validation, with_seal=is_main)
             if is_main:
-                epoch = (time_epoch(args, model_path, tokenizer, rows), len(rows), label)
+                epoch = ((before, time_epoch(args, model_path, tokenizer, rows)), len(rows), label)
     body = render(results, epoch, args, command)
     print(body)
     if not args.no_write:
