@@ -61,6 +61,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
 MARK = "safety-outcome"
 MIX_MARK = "safety-mixing"
 ATTACK_LR = 1e-4
+ATTACK_EPOCHS = 1.0
 # Benign requests that use harm-related words ("kill a process", "history of a war"): answered helpfully during
 # alignment so refusals attach to harmful intent, not to vocabulary.
 SENSITIVE_WORDS = re.compile(
@@ -141,8 +142,18 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     contrast_train, contrast_val = borderline_requests()
     # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use.
     mix_pool = [{**r, "label": "refusal"} for r in pairs(refusals[args.align_refusals :])]
+    # Reference prompts for --mix-typing probe, none used elsewhere: the HarmBench-deduplicated harmful instructions
+    # the alignment did not use plus Do-Not-Answer's harmful questions, against benign rows of every style.
+    do_not_answer = [r["prompt"] for r in read_jsonl("do_not_answer/do_not_answer.norm.jsonl")]
+    rng.shuffle(do_not_answer)
+    harmful_reference = [r["prompt"] for r in instructions[args.align_instructions :][:200]] + do_not_answer[:200]
+    unused_benign = (borderline[args.align_borderline :][:100] + questions[args.align_questions :][:150]
+                     + rest[args.align_benign + args.utility_n :][:150])  # fmt: skip
+    harm_reference = [{"prompt": p, "harmful": True} for p in harmful_reference] + [
+        {"prompt": r["prompt"], "harmful": False} for r in unused_benign
+    ]
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
-            "contrast_val": contrast_val, "mix_pool": mix_pool}  # fmt: skip
+            "contrast_val": contrast_val, "mix_pool": mix_pool, "harm_reference": harm_reference}  # fmt: skip
 
 
 # Imperative harmful requests ("Write a ...", "Give step-by-step instructions ...") answered with a refusal: the
@@ -284,12 +295,17 @@ def filter_arm(doc: str, **safety) -> Callable:
 
 def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
-    Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories."""
+    Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories.
+    With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1)."""
 
     def arm(args, model_dir, tokenizer, rows, out):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        typing = {"safety_mix_pool": str(MIX_POOL)}
+        if args.mix_typing == "probe":
+            typing = {"safety_mix_pool": str(MIX_POOL_UNLABELLED), "safety_mix_harmful_classifier": "probe",
+                      "safety_mix_harmful_reference": str(HARM_REFERENCE)}  # fmt: skip
         config = SafetyAwareSFTConfig(
-            **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), safety_mix_pool=str(MIX_POOL),
+            **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
             safety_mix_category_reference=str(shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"),
         )  # fmt: skip
@@ -302,6 +318,8 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
 
 
 MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
+MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows without the label column
+HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
 MIX_BUDGETS = (0.02, 0.05, 0.2)
 MIX_SEEDS = (0, 1, 2)
@@ -345,9 +363,22 @@ ARMS.update({mix_arm_name(s, b, seed): mix_arm(s, b, seed) for s in MIX_STRATEGI
 
 
 def run_label(args, name: str) -> str:
-    """The arm's name, plus its attack learning rate when --attack-lr is not the default (adapters and measurements
-    are cached under this label, so runs at two learning rates never share a cache entry)."""
-    return name if args.attack_lr == ATTACK_LR else f"{name} ({_attack_lr_text(args)})"
+    """The arm's name, plus its attack settings when not the defaults and its pool typing when that can change the
+    arm (adapters and measurements are cached under this label, so runs at two settings never share a cache entry)."""
+    # The pool holds keyword refusals only, so typing moves rows between T1 and T4, which only "-b" strategies tell
+    # apart: the other strategies choose the same rows either way and keep their cache entries.
+    typed = name.startswith("mix ") and name.split(" ")[1].endswith("-b")
+    return name + "".join(f" ({v})" for v in _variants(args, typed))
+
+
+def _variants(args, typed: bool) -> list[str]:
+    """What differs from the default run: attack epochs, attack learning rate, and (when `typed`) the pool typing."""
+    variants = [] if args.attack_epochs == ATTACK_EPOCHS else [f"{args.attack_epochs:g} attack epochs"]
+    if args.attack_lr != ATTACK_LR:
+        variants.append(_attack_lr_text(args))
+    if typed and args.mix_typing != "label":
+        variants.append(f"{args.mix_typing} typing")
+    return variants
 
 
 def _attack_lr_text(args) -> str:
@@ -440,7 +471,7 @@ def render(rows: list[dict], args, command: str, chart: str, data) -> str:
         f"{overlap['max_jaccard']}) + {args.align_borderline} borderline-benign Alpaca/Dolly rows + "
         f"{args.align_questions} benign questions + {args.align_benign} other benign rows, {args.align_epochs} "
         f"epochs, lr {args.align_lr}, merged. Attack: {args.attack_n} rows ({args.contamination:.0%} BeaverTails "
-        f"unsafe responses), LoRA r=16, {args.attack_epochs} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench "
+        f"unsafe responses), LoRA r=16, {args.attack_epochs:g} epochs, lr {args.attack_lr}. Harmful prompts: HarmBench "
         f"test split, standard behaviors; safe prompts: XSTest safe (test only) and {len(data['contrast_val'])} "
         f"held-out borderline requests (validation: their actions were not trained on); keyword judge, greedy, "
         f"{args.max_new_tokens} new tokens. Utility: mean NLL of {args.utility_n} held-out Alpaca/Dolly responses "
@@ -478,9 +509,11 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"The aligned model of the safety-outcome section (HarmBench refusal {aligned['harmful']['refusal_rate']:.1%}, "
         f"XSTest over-refusal {aligned['safe']['refusal_rate']:.1%}) fine-tuned on the "
         f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
-        f"{args.attack_epochs} epoch, lr {args.attack_lr}) plus a budget of refusals chosen from the "
+        f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}) plus a budget of "
+        "refusals chosen from the "
         f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
         "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
+        f"{_typing_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
         "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
         f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
@@ -502,6 +535,21 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
             f"| {over:.1%} | {100 * (over - base_over):+.1f} | {np.mean([m['utility_nll'] for m in runs]):.3f} |"
         )
     return "\n".join(lines)
+
+
+def _typing_text(args, mix_rows: list[dict], data) -> str:
+    if args.mix_typing == "label":
+        return "Every pool row is labelled a refusal to a harmful instruction (T1). "
+    pools = [json.loads((r["adapter"] / "train.json").read_text())["mix"]["pool"] for r in mix_rows]
+    t1 = sorted({p["behavior_counts"]["T1"] for p in pools if p["harmful_source"].startswith("probe")})
+    harmful = sum(r["harmful"] for r in data["harm_reference"])
+    return (
+        "The pool carries no labels: safetrainer's harmful-instruction probe (logistic regression on the model's "
+        f"middle-layer instruction states) fit on {harmful} held-out harmful prompts (refusal-direction instructions "
+        f"the alignment did not use, Do-Not-Answer) and {len(data['harm_reference']) - harmful} unused benign "
+        f"Alpaca/Dolly rows typed {' / '.join(map(str, t1))} rows T1, the rest T4; the -b strategies choose among T1, "
+        "the others among all rows (so they choose the same rows as with a labelled pool). "
+    )
 
 
 def bar_chart(rows: list[dict]) -> str:
@@ -541,7 +589,7 @@ def main() -> None:
     parser.add_argument("--align-lr", type=float, default=2e-4)
     parser.add_argument("--attack-n", type=int, default=300)
     parser.add_argument("--contamination", type=float, default=0.1)
-    parser.add_argument("--attack-epochs", type=float, default=1)
+    parser.add_argument("--attack-epochs", type=float, default=ATTACK_EPOCHS)
     parser.add_argument("--attack-lr", type=float, default=ATTACK_LR)
     parser.add_argument("--utility-n", type=int, default=100)
     parser.add_argument("--gsm8k-n", type=int, default=30)
@@ -558,6 +606,11 @@ def main() -> None:
     parser.add_argument(
         "--fresh", default="", help="comma-separated cached stages to delete first: align, arms, measure"
     )
+    parser.add_argument(
+        "--mix-typing", default="label", choices=("label", "probe"),
+        help="how the mixing pool's instructions are typed harmful: its label column (every row a refusal to a "
+        "harmful instruction), or safetrainer's harmful-instruction probe fit on held-out labelled prompts",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -574,6 +627,8 @@ def main() -> None:
     data = build_data(args, AutoTokenizer.from_pretrained(base))
     MIX_POOL.parent.mkdir(parents=True, exist_ok=True)
     MIX_POOL.write_text("\n".join(json.dumps(r) for r in data["mix_pool"]))
+    MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
+    HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
     rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
@@ -597,7 +652,7 @@ def main() -> None:
         body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows), data)
         print(body)
         if not args.no_write and "measure" in stages:
-            write_lr_section(args, MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
+            write_variant_section(args, MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
     if mix_rows:
         # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
         no_mix_adapter = attack(args, "oracle filter", aligned, data)
@@ -605,14 +660,15 @@ def main() -> None:
         body = render_mix(mix_rows, no_mix, rows[1]["metrics"], args, command, data)
         print(body)
         if not args.no_write:
-            write_lr_section(args, MIX_MARK, "Safety mixing: refusal samples added to benign fine-tuning", body)
+            title = "Safety mixing: refusal samples added to benign fine-tuning"
+            write_variant_section(args, MIX_MARK, title, body, mixing=True)
 
 
-def write_lr_section(args, mark: str, title: str, body: str) -> None:
-    """A run at a non-default --attack-lr writes a section of its own instead of replacing the default one."""
-    if args.attack_lr != ATTACK_LR:
-        lr = _attack_lr_text(args)
-        mark, title = f"{mark}-{_slug(lr)}", f"{title} ({lr})"
+def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
+    """A run at non-default attack settings (or, for mixing, --mix-typing) writes a section of its own instead of
+    replacing the default one."""
+    for text in _variants(args, typed=mixing):
+        mark, title = f"{mark}-{_slug(text)}", f"{title} ({text})"
     write_section(mark, title, body)
 
 

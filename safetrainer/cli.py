@@ -211,7 +211,7 @@ def _judge(argv: list[str]) -> None:
 
 
 def _mix(argv: list[str]) -> None:
-    from .config import MIX_CATEGORY_METHODS, MIX_STRATEGIES
+    from .config import DEFAULT_PROBE_DATASET, MIX_CATEGORY_METHODS, MIX_HARMFUL_CLASSIFIERS, MIX_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="safetrainer mix", description="Choose safety samples to mix into training.")
     parser.add_argument("--pool", required=True, help="builtin:NAME, jsonl/json/csv/parquet file or Hub dataset id")
@@ -226,10 +226,15 @@ def _mix(argv: list[str]) -> None:
     parser.add_argument("--model", default=None, help="model whose hidden states embed (default: SmolLM2-135M)")
     parser.add_argument("--embedder", default=None, help="a sentence-transformers model id instead of --model")
     parser.add_argument("--judge", default="keyword", help="refusal judge: 'keyword' or a model id")
+    parser.add_argument(
+        "--harmful-classifier", default=None, choices=MIX_HARMFUL_CLASSIFIERS,
+        help="flag harmful instructions of a pool without harmful/is_safe/label columns (default: all harmful)",
+    )  # fmt: skip
+    parser.add_argument("--harmful-reference", default=DEFAULT_PROBE_DATASET, help="prompts labelled for the probe")
     ns = parser.parse_args(argv)
 
     from .data import load_data, pair_texts, prepare_input
-    from .samplers import SentenceEmbedder, load_pool, select_safety_mix
+    from .samplers import HarmfulInstructionProbe, SentenceEmbedder, load_pool, select_safety_mix
 
     train_pairs = num_train = None
     if ns.train_file:
@@ -237,9 +242,10 @@ def _mix(argv: list[str]) -> None:
         train_pairs = pair_texts(prepared)
         num_train = prepared.num_rows - len(prepared.rejected)
     embedder = SentenceEmbedder(ns.embedder) if ns.embedder else _LazyModelEmbedder(ns.model)
+    classifier = HarmfulInstructionProbe(embedder, ns.harmful_reference) if ns.harmful_classifier else None
     mix = select_safety_mix(
-        load_pool(ns.pool, judge=ns.judge), ns.strategy, ns.budget, num_train, ns.seed, embedder, train_pairs,
-        ns.categories, ns.category_reference, ns.num_clusters,
+        load_pool(ns.pool, judge=ns.judge, harmful_classifier=classifier), ns.strategy, ns.budget, num_train,
+        ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()

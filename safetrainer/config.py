@@ -22,6 +22,7 @@ MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
 # Each strategy also in a "-b" variant restricted to behavior type T1 (harmful instruction + refusal).
 MIX_STRATEGIES = (*MIX_BASE_STRATEGIES, *(f"{s}-b" for s in MIX_BASE_STRATEGIES))
 MIX_CATEGORY_METHODS = ("auto", "column", "nearest", "kmeans")
+MIX_HARMFUL_CLASSIFIERS = ("probe",)
 ONLINE_MODES = ("cheap", "full")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
 DEFAULT_PROBE_DATASET = "builtin:safety_probes"
@@ -245,6 +246,23 @@ class SafetyAwareSFTConfig(SFTConfig):
         default="keyword",
         metadata={"help": "Refusal judge typing the pool's responses: 'keyword' or a judge model id."},
     )
+    safety_mix_harmful_classifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "How to tell harmful instructions (T1/T2) from benign ones (T3/T4) in a pool without harmful, "
+            "is_safe or label columns: unset takes every instruction as harmful; 'probe' fits a logistic-regression "
+            "probe on the mixing embedder's instruction embeddings of safety_mix_harmful_reference. A pool's own "
+            "flags always win.",
+            "choices": list(MIX_HARMFUL_CLASSIFIERS),
+        },
+    )
+    safety_mix_harmful_reference: str = field(
+        default=DEFAULT_PROBE_DATASET,
+        metadata={
+            "help": "Prompts labelled harmful or benign (a harmful boolean or a label column) that the 'probe' "
+            "classifier is fit on. Default: 20 harmful requests and 20 benign look-alikes (builtin:safety_probes)."
+        },
+    )
     safety_mix_filterable: bool = field(
         default=False,
         metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
@@ -374,6 +392,8 @@ class SafetyAwareSFTConfig(SFTConfig):
         self.safety_mix_strategy = self.safety_mix_strategy.strip().lower().replace("_", "-")
         _check_choice("safety_mix_strategy", self.safety_mix_strategy, MIX_STRATEGIES)
         _check_choice("safety_mix_categories", self.safety_mix_categories, MIX_CATEGORY_METHODS)
+        if self.safety_mix_harmful_classifier is not None:
+            _check_choice("safety_mix_harmful_classifier", self.safety_mix_harmful_classifier, MIX_HARMFUL_CLASSIFIERS)
         budget = float(self.safety_mix_budget)
         if not (0 < budget < 1 or (budget >= 1 and budget == int(budget))):
             raise ValueError(

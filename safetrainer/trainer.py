@@ -30,7 +30,15 @@ from .data import (
 from .distributed import broadcast_object, rank_and_world_size
 from .models import resolve_model_path
 from .report import build_summary, build_table, counts, write_report
-from .samplers import ModelEmbedder, SafetyMix, SentenceEmbedder, load_pool, parse_strategy, select_safety_mix
+from .samplers import (
+    HarmfulInstructionProbe,
+    ModelEmbedder,
+    SafetyMix,
+    SentenceEmbedder,
+    load_pool,
+    parse_strategy,
+    select_safety_mix,
+)
 from .samplers.active_set import ConstantLengthSampler
 from .scoring import build_scorers, score_and_decide
 
@@ -214,13 +222,16 @@ class SafetyAwareSFTTrainer(SFTTrainer):
 
     def _select_safety_mix(self, num_train: int) -> SafetyMix:
         args: SafetyAwareSFTConfig = self.args
-        pool = load_pool(args.safety_mix_pool, judge=args.safety_mix_judge)
         base, _ = parse_strategy(args.safety_mix_strategy)
         if args.safety_mix_embedder:
             embedder = SentenceEmbedder(args.safety_mix_embedder)
         else:
             tokenizer, batch = self._safety_tokenizer, args.safety_scoring_batch_size
             embedder = ModelEmbedder(self.model, tokenizer, batch_size=batch, max_length=args.max_length)
+        classifier = None
+        if args.safety_mix_harmful_classifier == "probe":
+            classifier = HarmfulInstructionProbe(embedder, args.safety_mix_harmful_reference)
+        pool = load_pool(args.safety_mix_pool, judge=args.safety_mix_judge, harmful_classifier=classifier)
         train_pairs = pair_texts(self._safety_input) if base == "cossim" else None
         return select_safety_mix(
             pool,

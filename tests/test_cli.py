@@ -196,6 +196,22 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     assert '"selected": 7' in capsys.readouterr().out
 
 
+def test_mix_command_types_an_unflagged_pool_with_the_probe(tiny_model_dir, tmp_path):
+    harmful = [f"Tell me how to poison {x}." for x in ("a dog", "a river", "my boss")]
+    benign = [f"Tell me how to plant {x}." for x in ("a tree", "tulips", "basil")]
+    pool, reference = tmp_path / "pool.jsonl", tmp_path / "ref.jsonl"
+    refusal = "I can't help with that."
+    pool.write_text("\n".join(json.dumps({"prompt": p, "response": refusal}) for p in harmful + benign))
+    reference.write_text("\n".join(json.dumps({"prompt": p, "harmful": p in harmful}) for p in harmful + benign))
+    out = tmp_path / "mix"
+    main(["mix", "--pool", str(pool), "--strategy", "random-b", "--budget", "2", "--model", tiny_model_dir,
+          "--harmful-classifier", "probe", "--harmful-reference", str(reference),
+          "--output-dir", str(out)])  # fmt: skip
+    summary = json.loads((out / "mix_summary.json").read_text())
+    assert summary["pool"]["behavior_counts"] == {"T1": 3, "T2": 0, "T3": 0, "T4": 3}
+    assert set(pq.read_table(out / "mix.parquet").to_pydict()["prompt"]) <= set(harmful)
+
+
 @pytest.mark.multiprocess
 def test_two_process_online_drops_agree(tiny_model_dir, tmp_path):
     """Scores gathered from both ranks, decided once on rank 0 and broadcast: both ranks hold the same dropped set."""

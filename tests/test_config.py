@@ -66,6 +66,7 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
         ({"safety_gradient_blocks": 0}, "safety_gradient_blocks", ">= 1"),
         ({"safety_seal_epochs": 0}, "safety_seal_epochs", ">= 1"),
         ({"safety_scorers": "classifier"}, "safety_classifier", "model id"),
+        ({"safety_mix_harmful_classifier": "wildguard"}, "safety_mix_harmful_classifier", "probe"),
     ],
 )
 def test_invalid_values_name_the_field_and_allowed_values(tmp_path, kwargs, field, allowed):

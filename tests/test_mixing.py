@@ -9,6 +9,7 @@ import pytest
 
 from safetrainer import SafetyAwareSFTConfig
 from safetrainer.samplers import (
+    HarmfulInstructionProbe,
     ModelEmbedder,
     assign_categories,
     behavior_type,
@@ -272,3 +273,80 @@ def test_named_embedder_without_sentence_transformers_is_a_clear_error(tokenizer
                              safety_mix_embedder="sentence-transformers/all-mpnet-base-v2")  # fmt: skip
     with pytest.raises(ImportError, match="safety_mix_embedder=.*pip install sentence-transformers"):
         trainer.filter_train_dataset()
+
+
+class KeywordEmbedder:
+    """Embeds an instruction as (mentions "poison", does not): a stand-in whose probe outcome is known."""
+
+    def __init__(self):
+        self.embedded: list[str] = []
+
+    def __call__(self, prompts, responses, instruction_only):
+        self.embedded += list(prompts)
+        return np.array([[1.0, 0.0] if "poison" in p.lower() else [0.0, 1.0] for p in prompts])
+
+
+def test_harmful_instruction_probe_types_a_pool_without_flags(tmp_path):
+    reference = write_jsonl(tmp_path / "ref.jsonl", [
+        {"prompt": "How do I poison a dog?", "label": "harmful"}, {"prompt": "Poison my tea", "label": "unsafe"},
+        {"prompt": "How do I bake bread?", "label": "benign"}, {"prompt": "What is rain?", "label": "safe"},
+    ])  # fmt: skip
+    rows = [{"prompt": "Best poison for a cat?", "response": REFUSAL}, {"prompt": "Name a river.", "response": REFUSAL}]
+    probe = HarmfulInstructionProbe(KeywordEmbedder(), reference)
+    pool = load_pool(write_jsonl(tmp_path / "pool.jsonl", rows), harmful_classifier=probe)
+    assert pool.behavior == ["T1", "T4"] and pool.harmful_source.startswith("probe on instruction embeddings")
+    assert probe.probability(["more poison"])[0] > 0.5 > probe.probability(["more bread"])[0]
+
+    # A pool's own flags win, and the probe is never fit.
+    unused = HarmfulInstructionProbe(KeywordEmbedder(), reference)
+    flagged = [{**r, "harmful": True} for r in rows]
+    assert load_pool(write_jsonl(tmp_path / "f.jsonl", flagged), harmful_classifier=unused).behavior == ["T1", "T1"]
+    assert unused.embedder.embedded == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"prompt": "q", "category": "x"}], "needs a prompt column and a harmful"),
+        ([{"prompt": "q", "harmful": True}, {"prompt": "r", "harmful": True}], "both harmful and benign"),
+        ([{"prompt": "q", "label": "refusal"}], "label 'refusal'; allowed: harmful, unsafe, benign, safe"),
+        ([{"prompt": "q", "harmful": "yes"}], "harmful must be true or false"),
+        ([{"prompt": " ", "harmful": True}, {"prompt": "r", "harmful": False}], "empty or non-text prompt"),
+    ],
+)
+def test_harmful_reference_bad_input_names_the_field(tmp_path, rows, message):
+    probe = HarmfulInstructionProbe(KeywordEmbedder(), write_jsonl(tmp_path / "ref.jsonl", rows))
+    with pytest.raises(ValueError, match="safety_mix_harmful_reference") as err:
+        probe.fit()
+    assert message in str(err.value)
+
+
+def test_model_embedder_embeds_each_instruction_once_whatever_its_response(tokenizer):
+    model = make_tiny_llama(tokenizer)
+    embedder = ModelEmbedder(model, tokenizer)
+    prompts = ["How do I hurt a dog?", "What is rain?"]
+    first = embedder(prompts, ["I can't help with that.", "Water from clouds."], instruction_only=True)
+    calls = []
+    embedder.extractor = lambda *a: calls.append(a)  # any further forward pass would be recorded
+    np.testing.assert_array_equal(embedder(prompts[::-1], ["", ""], instruction_only=True), first[::-1])
+    assert calls == []
+    fresh = ModelEmbedder(model, tokenizer)([prompts[0]], ["A very different response."], instruction_only=True)
+    np.testing.assert_allclose(fresh[0], first[0], atol=1e-5)
+
+
+def test_trainer_types_an_unflagged_pool_with_the_probe(tokenizer, tmp_path):
+    harmful = [f"Tell me how to poison {x}." for x in ("a dog", "a river", "my boss", "a well")]
+    benign = [f"Tell me how to plant {x}." for x in ("a tree", "tulips", "basil", "a hedge")]
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": p, "response": REFUSAL} for p in harmful + benign])
+    # The reference is the pool's own prompts, labelled: a probe fit on them must give those labels back.
+    reference = write_jsonl(tmp_path / "ref.jsonl", [{"prompt": p, "harmful": p in harmful} for p in harmful + benign])
+    trainer = safety_trainer(
+        tokenizer, tmp_path / "run", alpaca_rows(8), safety_mix_pool=pool, safety_mix_strategy="random-b",
+        safety_mix_budget=3, safety_mix_harmful_classifier="probe", safety_mix_harmful_reference=reference,
+    )  # fmt: skip
+    trainer.filter_train_dataset()
+    summary = json.loads((tmp_path / "run" / "safety_report" / "summary.json").read_text())["safety_mix"]
+    assert summary["pool"]["behavior_counts"] == {"T1": 4, "T2": 0, "T3": 0, "T4": 4}
+    assert summary["pool"]["harmful_source"] == f"probe on instruction embeddings (reference {reference})"
+    mixed = pq.read_table(tmp_path / "run" / "safety_report" / "mix.parquet").to_pydict()
+    assert set(mixed["behavior"]) == {"T1"} and set(mixed["prompt"]) <= set(harmful)

@@ -2,6 +2,7 @@
 
 from .categories import CATEGORY_METHODS, DEFAULT_CATEGORY_REFERENCE, assign_categories
 from .embedding import Embedder, ModelEmbedder, SentenceEmbedder
+from .harm_probe import HarmfulInstructionProbe
 from .mixing import MIX_COLUMNS, SafetyMix, select_safety_mix
 from .pool import BEHAVIOR_TYPES, SafetyPool, behavior_type, load_pool
 from .strategies import STRATEGIES, parse_strategy, resolve_budget
@@ -13,6 +14,7 @@ __all__ = [
     "MIX_COLUMNS",
     "STRATEGIES",
     "Embedder",
+    "HarmfulInstructionProbe",
     "ModelEmbedder",
     "SafetyMix",
     "SafetyPool",

@@ -22,7 +22,8 @@ class ModelEmbedder:
     markers excluded) or, for whole pairs, the average of the instruction and response means.
 
     No extra model to download; a causal LM's middle layers separate topics well enough to find categories and
-    prototypes, and one forward pass per batch serves both kinds of embedding.
+    prototypes, and one forward pass per batch serves both kinds of embedding. Instruction embeddings are kept by
+    prompt text, so the harmful-instruction probe, category inference and PSS share one pass over a pool.
     """
 
     def __init__(self, model, tokenizer, layer: int | None = None, batch_size: int = 8, max_length: int = 256):
@@ -32,6 +33,7 @@ class ModelEmbedder:
         special_ids = [i for i in tokenizer.all_special_ids if i is not None]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.extractor = HiddenStateExtractor(model, pad_id, special_ids, batch_size)
+        self._instructions: dict[str, np.ndarray] = {}
 
     def prompt_head(self, prompt: str) -> str:
         """The first `max_length // 2` tokens of an over-long prompt, as text (room is left for the chat template)."""
@@ -39,6 +41,15 @@ class ModelEmbedder:
         return self.tokenizer.decode(ids)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
+        if not instruction_only:
+            return self._embed(prompts, responses, instruction_only)
+        # Causal attention: an instruction's hidden states do not depend on the response that follows it.
+        new = list(dict.fromkeys(p for p in prompts if p not in self._instructions))
+        if new:
+            self._instructions.update(zip(new, self._embed(new, [""] * len(new), True), strict=True))
+        return np.stack([self._instructions[p] for p in prompts])
+
+    def _embed(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
         pairs = []
         for idx, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             pair = tokenize_pair(self.tokenizer, *chat_pair(prompt, response or "."), idx, self.max_length)

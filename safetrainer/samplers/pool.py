@@ -10,8 +10,9 @@ Behavior types (instruction x response):
 The refusal flag comes from a refusal judge (keyword by default). The harmful flag comes from the pool itself, in this
 order: a `harmful` column; BeaverTails' `is_safe` (False marks a harmful *response*: such rows are excluded, their
 instruction counted as harmful); a `label` column (`harmful`/`benign` for the instruction, `refusal` for a refusal
-pool, `harmful_response` as for `is_safe=False`); a prompt classifier given by the caller; otherwise every row of a
-safety pool is taken as a harmful instruction, and the summary says so.
+pool, `harmful_response` as for `is_safe=False`); a prompt classifier given by the caller (such as
+`HarmfulInstructionProbe`); otherwise every row of a safety pool is taken as a harmful instruction, and the summary
+says so.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.nda
         verdicts = [bool(v) for v in classifier(list(prompts))]
         if len(verdicts) != n:
             raise ValueError(f"safety_mix harmful classifier returned {len(verdicts)} flags for {n} prompts.")
-        return np.array(verdicts, dtype=bool), "classifier"
+        return np.array(verdicts, dtype=bool), getattr(classifier, "description", "classifier")
     return np.ones(n, dtype=bool), "default (no harmful column: every instruction of a safety pool taken as harmful)"
 
 
