@@ -211,7 +211,7 @@ def _judge(argv: list[str]) -> None:
 
 
 def _mix(argv: list[str]) -> None:
-    from .config import DEFAULT_PROBE_DATASET, MIX_CATEGORY_METHODS, MIX_HARMFUL_CLASSIFIERS, MIX_STRATEGIES
+    from .config import DEFAULT_HARMFUL_REFERENCE, MIX_CATEGORY_METHODS, MIX_HARMFUL_CLASSIFIERS, MIX_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="safetrainer mix", description="Choose safety samples to mix into training.")
     parser.add_argument("--pool", required=True, help="builtin:NAME, jsonl/json/csv/parquet file or Hub dataset id")
@@ -230,7 +230,7 @@ def _mix(argv: list[str]) -> None:
         "--harmful-classifier", default=None, choices=MIX_HARMFUL_CLASSIFIERS,
         help="flag harmful instructions of a pool without harmful/is_safe/label columns (default: all harmful)",
     )  # fmt: skip
-    parser.add_argument("--harmful-reference", default=DEFAULT_PROBE_DATASET, help="prompts labelled for the probe")
+    parser.add_argument("--harmful-reference", default=DEFAULT_HARMFUL_REFERENCE, help="prompts labelled for the probe")
     ns = parser.parse_args(argv)
 
     from .data import load_data, pair_texts, prepare_input

@@ -26,6 +26,7 @@ MIX_HARMFUL_CLASSIFIERS = ("probe",)
 ONLINE_MODES = ("cheap", "full")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
 DEFAULT_PROBE_DATASET = "builtin:safety_probes"
+DEFAULT_HARMFUL_REFERENCE = "builtin:harm_intent"
 DEFAULT_SEAL_SAFE_DATASET = "builtin:refusal_pool"
 
 
@@ -257,10 +258,11 @@ class SafetyAwareSFTConfig(SFTConfig):
         },
     )
     safety_mix_harmful_reference: str = field(
-        default=DEFAULT_PROBE_DATASET,
+        default=DEFAULT_HARMFUL_REFERENCE,
         metadata={
             "help": "Prompts labelled harmful or benign (a harmful boolean or a label column) that the 'probe' "
-            "classifier is fit on. Default: 20 harmful requests and 20 benign look-alikes (builtin:safety_probes)."
+            "classifier is fit on. Default: 50 harmful requests and 50 benign look-alikes in the same styles "
+            "(builtin:harm_intent); a few hundred of your own pool's styles do better."
         },
     )
     safety_mix_filterable: bool = field(

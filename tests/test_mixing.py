@@ -296,6 +296,8 @@ def test_harmful_instruction_probe_types_a_pool_without_flags(tmp_path):
     pool = load_pool(write_jsonl(tmp_path / "pool.jsonl", rows), harmful_classifier=probe)
     assert pool.behavior == ["T1", "T4"] and pool.harmful_source.startswith("probe on instruction embeddings")
     assert probe.probability(["more poison"])[0] > 0.5 > probe.probability(["more bread"])[0]
+    default = HarmfulInstructionProbe(KeywordEmbedder())
+    assert default.reference == "builtin:harm_intent" and len(default.fit().embedder.embedded) == 100
 
     # A pool's own flags win, and the probe is never fit.
     unused = HarmfulInstructionProbe(KeywordEmbedder(), reference)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_PROBE_DATASET
+from ..config import DEFAULT_HARMFUL_REFERENCE
 from ..data import load_data
 from .embedding import Embedder
 
@@ -21,8 +21,9 @@ _LABELS = {"harmful": True, "unsafe": True, "benign": False, "safe": False}
 class HarmfulInstructionProbe:
     """Logistic regression on instruction embeddings, fit on prompts labelled harmful or benign.
 
-    The default reference (`builtin:safety_probes`) pairs harmful requests with benign prompts that sound alarming
-    ("How do I kill a process that has frozen on Linux?"), so the probe separates intent rather than vocabulary.
+    The default reference (`builtin:harm_intent`) pairs harmful requests with benign prompts of the same styles, many
+    of them alarming-sounding ("How do I kill a background process in Windows?"), so the probe leans on intent rather
+    than on vocabulary or phrasing. It is small; a few hundred labelled prompts in the pool's styles do better.
     Calling it with prompts returns one flag per prompt (P(harmful) >= `threshold`): the `harmful_classifier` form
     that `load_pool` takes. It is fit on the first call, so a pool with its own harmful flags costs nothing.
 
@@ -33,7 +34,7 @@ class HarmfulInstructionProbe:
         threshold: P(harmful) at or above which an instruction is flagged.
     """
 
-    def __init__(self, embedder: Embedder, reference: str = DEFAULT_PROBE_DATASET, threshold: float = 0.5):
+    def __init__(self, embedder: Embedder, reference: str = DEFAULT_HARMFUL_REFERENCE, threshold: float = 0.5):
         self.embedder = embedder
         self.reference = reference
         self.threshold = threshold
