@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import sys
+import types
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,6 +13,7 @@ from safetrainer import SafetyAwareSFTConfig
 from safetrainer.samplers import (
     HarmfulInstructionProbe,
     ModelEmbedder,
+    SentenceEmbedder,
     assign_categories,
     behavior_type,
     load_pool,
@@ -312,7 +315,7 @@ def test_harmful_instruction_probe_types_a_pool_without_flags(tmp_path):
         ([{"prompt": "q", "category": "x"}], "needs a prompt column and a harmful"),
         ([{"prompt": "q", "harmful": True}, {"prompt": "r", "harmful": True}], "both harmful and benign"),
         ([{"prompt": "q", "label": "refusal"}], "label 'refusal'; allowed: harmful, unsafe, benign, safe"),
-        ([{"prompt": "q", "harmful": "yes"}], "harmful must be true or false"),
+        ([{"prompt": "q", "harmful": "maybe"}], "row 0: column 'harmful' must be a boolean"),
         ([{"prompt": " ", "harmful": True}, {"prompt": "r", "harmful": False}], "empty or non-text prompt"),
     ],
 )
@@ -334,6 +337,30 @@ def test_model_embedder_embeds_each_instruction_once_whatever_its_response(token
     assert calls == []
     fresh = ModelEmbedder(model, tokenizer)([prompts[0]], ["A very different response."], instruction_only=True)
     np.testing.assert_allclose(fresh[0], first[0], atol=1e-5)
+
+
+def test_sentence_embedder_embeds_each_instruction_once(monkeypatch):
+    encoded = []
+
+    class FakeSentenceTransformer:
+        def __init__(self, model_id):
+            self.model_id = model_id
+
+        def encode(self, texts, batch_size):
+            encoded.append(list(texts))
+            return np.array([[len(t), 1.0] for t in texts])
+
+    monkeypatch.setitem(
+        sys.modules, "sentence_transformers", types.SimpleNamespace(SentenceTransformer=FakeSentenceTransformer)
+    )
+    embedder = SentenceEmbedder("fake/encoder")
+    prompts = ["How do I hurt a dog?", "What is rain?", "How do I hurt a dog?"]
+    first = embedder(prompts, ["r1", "r2", "r3"], instruction_only=True)
+    again = embedder(prompts[1:], ["", ""], instruction_only=True)
+    assert encoded == [["How do I hurt a dog?", "What is rain?"]]
+    np.testing.assert_array_equal(again, first[1:])
+    embedder(prompts[:1], ["r1"], instruction_only=False)  # whole pairs are not cached: the response matters
+    assert encoded[-1] == ["How do I hurt a dog?\nr1"]
 
 
 def test_trainer_types_an_unflagged_pool_with_the_probe(tokenizer, tmp_path):

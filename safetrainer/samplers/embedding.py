@@ -44,10 +44,7 @@ class ModelEmbedder:
         if not instruction_only:
             return self._embed(prompts, responses, instruction_only)
         # Causal attention: an instruction's hidden states do not depend on the response that follows it.
-        new = list(dict.fromkeys(p for p in prompts if p not in self._instructions))
-        if new:
-            self._instructions.update(zip(new, self._embed(new, [""] * len(new), True), strict=True))
-        return np.stack([self._instructions[p] for p in prompts])
+        return _cached_by_prompt(self._instructions, prompts, lambda new: self._embed(new, [""] * len(new), True))
 
     def _embed(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
         pairs = []
@@ -66,7 +63,8 @@ class ModelEmbedder:
 
 class SentenceEmbedder:
     """A sentence-transformers model (e.g. `sentence-transformers/all-mpnet-base-v2`, as in the behavior-aware
-    paper); pairs are embedded as "instruction\\nresponse"."""
+    paper); pairs are embedded as "instruction\\nresponse". Instruction embeddings are kept by prompt text, as in
+    `ModelEmbedder`."""
 
     def __init__(self, model_id: str, batch_size: int = 32):
         try:
@@ -78,10 +76,24 @@ class SentenceEmbedder:
             ) from err
         self.model = SentenceTransformer(model_id)
         self.batch_size = batch_size
+        self._instructions: dict[str, np.ndarray] = {}
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], instruction_only: bool) -> np.ndarray:
-        texts = list(prompts) if instruction_only else [f"{p}\n{r}" for p, r in zip(prompts, responses, strict=True)]
+        if instruction_only:
+            return _cached_by_prompt(self._instructions, prompts, self._encode)
+        return self._encode([f"{p}\n{r}" for p, r in zip(prompts, responses, strict=True)])
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         return normalize(np.asarray(self.model.encode(texts, batch_size=self.batch_size)))
+
+
+def _cached_by_prompt(cache: dict[str, np.ndarray], prompts: Sequence[str], embed) -> np.ndarray:
+    """Embeddings of `prompts`, computing (with `embed`, once per distinct prompt) only those not in `cache`: the
+    harmful-instruction probe, category inference and PSS all ask for the same pool's instructions."""
+    new = list(dict.fromkeys(p for p in prompts if p not in cache))
+    if new:
+        cache.update(zip(new, embed(new), strict=True))
+    return np.stack([cache[p] for p in prompts])
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

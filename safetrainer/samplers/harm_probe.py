@@ -14,8 +14,7 @@ import numpy as np
 from ..config import DEFAULT_HARMFUL_REFERENCE
 from ..data import load_data
 from .embedding import Embedder
-
-_LABELS = {"harmful": True, "unsafe": True, "benign": False, "safe": False}
+from .pool import _INSTRUCTION_LABELS, _as_bool
 
 
 class HarmfulInstructionProbe:
@@ -81,14 +80,13 @@ def _labelled_prompts(reference: str) -> tuple[list[str], np.ndarray]:
     prompts, labels = [], []
     for idx, row in enumerate(data):
         if "harmful" in columns:
-            value = row["harmful"]
-            if not isinstance(value, bool):
-                raise ValueError(f"{field}: {reference!r} row {idx}: harmful must be true or false, got {value!r}.")
+            value = _as_bool(row["harmful"], f"{field}: {reference!r} row {idx}: column 'harmful'")
         else:
-            value = _LABELS.get(str(row["label"]).strip().lower())
+            value = _INSTRUCTION_LABELS.get(str(row["label"]).strip().lower())
             if value is None:
                 raise ValueError(
-                    f"{field}: {reference!r} row {idx}: label {row['label']!r}; allowed: {', '.join(_LABELS)}."
+                    f"{field}: {reference!r} row {idx}: label {row['label']!r}; "
+                    f"allowed: {', '.join(_INSTRUCTION_LABELS)}."
                 )
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise ValueError(f"{field}: {reference!r} row {idx}: empty or non-text prompt.")

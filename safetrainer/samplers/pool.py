@@ -31,7 +31,10 @@ BEHAVIOR_TYPES = ("T1", "T2", "T3", "T4")
 UNCATEGORIZED = "uncategorized"
 _PROMPT_COLUMNS = ("prompt", "instruction", "question")
 _RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
-_HARMFUL_LABELS = {"harmful": True, "unsafe": True, "refusal": True, "benign": False, "safe": False}
+# Labels that say whether an instruction is harmful; the harmful-instruction probe's reference takes the same ones.
+_INSTRUCTION_LABELS = {"harmful": True, "unsafe": True, "benign": False, "safe": False}
+# A safety pool's rows may also be labelled "refusal": a refusal there answers a harmful instruction.
+_HARMFUL_LABELS = {**_INSTRUCTION_LABELS, "refusal": True}
 _RESPONSE_HARMFUL_LABELS = ("harmful_response",)
 
 
@@ -140,10 +143,11 @@ def load_pool(
 def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.ndarray, str]:
     n = len(rows)
     if "harmful" in columns:
-        return np.array([_as_bool(r["harmful"], "harmful", i) for i, r in enumerate(rows)], dtype=bool), "column"
+        flags = [_as_bool(r["harmful"], f"safety_mix_pool row {i}: column 'harmful'") for i, r in enumerate(rows)]
+        return np.array(flags, dtype=bool), "column"
     if "is_safe" in columns:
         for i, r in enumerate(rows):
-            if not _as_bool(r["is_safe"], "is_safe", i):
+            if not _as_bool(r["is_safe"], f"safety_mix_pool row {i}: column 'is_safe'"):
                 excluded.setdefault(i, "harmful response (is_safe=False)")
         return np.ones(n, dtype=bool), "is_safe (instructions of a safety pool taken as harmful)"
     known_labels = (*_HARMFUL_LABELS, *_RESPONSE_HARMFUL_LABELS)
@@ -163,14 +167,15 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.nda
     return np.ones(n, dtype=bool), "default (no harmful column: every instruction of a safety pool taken as harmful)"
 
 
-def _as_bool(value: Any, name: str, idx: int) -> bool:
+def _as_bool(value: Any, where: str) -> bool:
+    """A boolean cell (true/false, 1/0, yes/no); `where` names the field, row and column for the error."""
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
         return value.strip().lower() in ("true", "1", "yes")
-    raise ValueError(f"safety_mix_pool row {idx}: column {name!r} must be a boolean, got {value!r}.")
+    raise ValueError(f"{where} must be a boolean (true/false, 1/0, yes/no), got {value!r}.")
 
 
 def _categories(value: Any) -> tuple[str, ...]:
