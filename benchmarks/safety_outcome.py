@@ -321,7 +321,7 @@ MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mi
 MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows without the label column
 HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
-MIX_BUDGETS = (0.02, 0.05, 0.1, 0.2)
+MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2)
 MIX_SEEDS = (0, 1, 2)
 
 
