@@ -79,6 +79,13 @@ def test_pool_typing_counts_and_flag_sources(tmp_path):
     )
     assert classified.behavior == ["T4"] and classified.harmful_source == "classifier"
 
+    labelled = [
+        {"prompt": "q", "response": REFUSAL, "label": " Harmful "},
+        {"prompt": "r", "response": REFUSAL, "label": "SAFE"},
+    ]
+    pool = load_pool(write_jsonl(tmp_path / "l.jsonl", labelled))
+    assert pool.harmful_source == "label" and pool.behavior == ["T1", "T4"]
+
 
 def test_pool_bad_input_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="prompt column"):

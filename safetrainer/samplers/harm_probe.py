@@ -14,7 +14,7 @@ import numpy as np
 from ..config import DEFAULT_HARMFUL_REFERENCE
 from ..data import load_data
 from .embedding import Embedder
-from .pool import _INSTRUCTION_LABELS, _as_bool
+from .pool import _INSTRUCTION_LABELS, _as_bool, _label
 
 
 class HarmfulInstructionProbe:
@@ -82,7 +82,7 @@ def _labelled_prompts(reference: str) -> tuple[list[str], np.ndarray]:
         if "harmful" in columns:
             value = _as_bool(row["harmful"], f"{field}: {reference!r} row {idx}: column 'harmful'")
         else:
-            value = _INSTRUCTION_LABELS.get(str(row["label"]).strip().lower())
+            value = _INSTRUCTION_LABELS.get(_label(row["label"]))
             if value is None:
                 raise ValueError(
                     f"{field}: {reference!r} row {idx}: label {row['label']!r}; "

@@ -151,10 +151,10 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.nda
                 excluded.setdefault(i, "harmful response (is_safe=False)")
         return np.ones(n, dtype=bool), "is_safe (instructions of a safety pool taken as harmful)"
     known_labels = (*_HARMFUL_LABELS, *_RESPONSE_HARMFUL_LABELS)
-    if "label" in columns and all(str(r["label"]).lower() in known_labels for r in rows):
+    if "label" in columns and all(_label(r["label"]) in known_labels for r in rows):
         flags = []
         for i, r in enumerate(rows):
-            label = str(r["label"]).lower()
+            label = _label(r["label"])
             if label in _RESPONSE_HARMFUL_LABELS:
                 excluded.setdefault(i, f"harmful response (label={label})")
             flags.append(_HARMFUL_LABELS.get(label, True))
@@ -165,6 +165,11 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.nda
             raise ValueError(f"safety_mix harmful classifier returned {len(verdicts)} flags for {n} prompts.")
         return np.array(verdicts, dtype=bool), getattr(classifier, "description", "classifier")
     return np.ones(n, dtype=bool), "default (no harmful column: every instruction of a safety pool taken as harmful)"
+
+
+def _label(value: Any) -> str:
+    """A label cell as matched against the label maps: " Harmful " and "harmful" are one label."""
+    return str(value).strip().lower()
 
 
 def _as_bool(value: Any, where: str) -> bool:
