@@ -302,8 +302,10 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         typing = {"safety_mix_pool": str(MIX_POOL)}
         if args.mix_typing == "probe":
-            typing = {"safety_mix_pool": str(MIX_POOL_UNLABELLED), "safety_mix_harmful_classifier": "probe",
-                      "safety_mix_harmful_reference": str(HARM_REFERENCE)}  # fmt: skip
+            typing = {"safety_mix_pool": str(MIX_POOL_UNLABELLED), "safety_mix_harmful_classifier": "probe"}
+        if args.mix_typing == "probe" or _ranked(args, strategy):
+            typing.update(safety_mix_harmful_reference=str(HARM_REFERENCE),
+                          safety_mix_most_harmful_first=_ranked(args, strategy))  # fmt: skip
         config = SafetyAwareSFTConfig(
             **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
@@ -367,17 +369,25 @@ def run_label(args, name: str) -> str:
     arm (adapters and measurements are cached under this label, so runs at two settings never share a cache entry)."""
     # The pool holds keyword refusals only, so typing moves rows between T1 and T4, which only "-b" strategies tell
     # apart: the other strategies choose the same rows either way and keep their cache entries.
-    typed = name.startswith("mix ") and name.split(" ")[1].endswith("-b")
-    return name + "".join(f" ({v})" for v in _variants(args, typed))
+    strategy = name.split(" ")[1] if name.startswith("mix ") else ""
+    return name + "".join(f" ({v})" for v in _variants(args, strategy.endswith("-b"), _ranked(args, strategy)))
 
 
-def _variants(args, typed: bool) -> list[str]:
-    """What differs from the default run: attack epochs, attack learning rate, and (when `typed`) the pool typing."""
+def _ranked(args, strategy: str) -> bool:
+    """--mix-most-harmful-first ranks the SSS arms only: random stays the random baseline they are compared with."""
+    return args.mix_most_harmful_first and strategy.removesuffix("-b") == "sss"
+
+
+def _variants(args, typed: bool, ordered: bool) -> list[str]:
+    """What differs from the default run: attack epochs, attack learning rate, (when `typed`) the pool typing and
+    (when `ordered`) most-harmful-first ordering."""
     variants = [] if args.attack_epochs == ATTACK_EPOCHS else [f"{args.attack_epochs:g} attack epochs"]
     if args.attack_lr != ATTACK_LR:
         variants.append(_attack_lr_text(args))
     if typed and args.mix_typing != "label":
         variants.append(f"{args.mix_typing} typing")
+    if ordered and args.mix_most_harmful_first:
+        variants.append("most harmful first")
     return variants
 
 
@@ -500,6 +510,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in mix_rows:
         _, strategy, budget, _, _ = r["arm"].split(" ")
+        strategy += " most harmful first" if _ranked(args, strategy) else ""
         info = json.loads((r["adapter"] / "train.json").read_text())
         groups.setdefault((strategy, budget), []).append({**r["metrics"], "mixed": info["mix"]["selected"]})
     base_asr, base_over = no_mix["harmful"]["asr"], no_mix["safe"]["refusal_rate"]
@@ -538,17 +549,29 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
 
 
 def _typing_text(args, mix_rows: list[dict], data) -> str:
+    order = ""
+    if args.mix_most_harmful_first:
+        order = (
+            f"SSS takes the rows that {_probe_text(data)} rates most harmful first (in each category quota and in "
+            "the top-up) instead of drawing them, so its seeds choose the same rows; random draws as before. "
+        )
     if args.mix_typing == "label":
-        return "Every pool row is labelled a refusal to a harmful instruction (T1). "
+        return f"Every pool row is labelled a refusal to a harmful instruction (T1). {order}"
     pools = [json.loads((r["adapter"] / "train.json").read_text())["mix"]["pool"] for r in mix_rows]
     t1 = sorted({p["behavior_counts"]["T1"] for p in pools if p["harmful_source"].startswith("probe")})
+    return (
+        f"The pool carries no labels: {_probe_text(data)} typed {' / '.join(map(str, t1))} rows T1, the rest T4; the "
+        "-b strategies choose among T1, the others among all rows (so they choose the same rows as with a labelled "
+        f"pool). {order}"
+    )
+
+
+def _probe_text(data) -> str:
     harmful = sum(r["harmful"] for r in data["harm_reference"])
     return (
-        "The pool carries no labels: safetrainer's harmful-instruction probe (logistic regression on the model's "
-        f"middle-layer instruction states) fit on {harmful} held-out harmful prompts (refusal-direction instructions "
-        f"the alignment did not use, Do-Not-Answer) and {len(data['harm_reference']) - harmful} unused benign "
-        f"Alpaca/Dolly rows typed {' / '.join(map(str, t1))} rows T1, the rest T4; the -b strategies choose among T1, "
-        "the others among all rows (so they choose the same rows as with a labelled pool). "
+        "safetrainer's harmful-instruction probe (logistic regression on the model's middle-layer instruction states) "
+        f"fit on {harmful} held-out harmful prompts (refusal-direction instructions the alignment did not use, "
+        f"Do-Not-Answer) and {len(data['harm_reference']) - harmful} unused benign Alpaca/Dolly rows"
     )
 
 
@@ -600,8 +623,9 @@ def main() -> None:
     parser.add_argument("--stages", default="align,attack,measure", help="comma-separated subset to run")
     parser.add_argument(
         "--arms", default="filter",
+        # "%%": argparse %-formats help text
         help="comma-separated arm names, or 'filter' (the filtering arms) / 'mix' (every mixing arm: "
-        f"{', '.join(MIX_STRATEGIES)} at {', '.join(f'{b:.0%}' for b in MIX_BUDGETS)}, seeds {MIX_SEEDS})",
+        f"{', '.join(MIX_STRATEGIES)} at {', '.join(f'{b:.0%}%' for b in MIX_BUDGETS)}, seeds {MIX_SEEDS})",
     )  # fmt: skip
     parser.add_argument(
         "--fresh", default="", help="comma-separated cached stages to delete first: align, arms, measure"
@@ -610,6 +634,11 @@ def main() -> None:
         "--mix-typing", default="label", choices=("label", "probe"),
         help="how the mixing pool's instructions are typed harmful: its label column (every row a refusal to a "
         "harmful instruction), or safetrainer's harmful-instruction probe fit on held-out labelled prompts",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mix-most-harmful-first", action="store_true",
+        help="sss mixing arms take the instructions safetrainer's harmful-instruction probe (fit on the held-out "
+        "labelled prompts) rates most harmful first, instead of drawing them at random; random arms stay random",
     )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -667,7 +696,7 @@ def main() -> None:
 def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
     """A run at non-default attack settings (or, for mixing, --mix-typing) writes a section of its own instead of
     replacing the default one."""
-    for text in _variants(args, typed=mixing):
+    for text in _variants(args, typed=mixing, ordered=mixing):
         mark, title = f"{mark}-{_slug(text)}", f"{title} ({text})"
     write_section(mark, title, body)
 

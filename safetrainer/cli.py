@@ -211,7 +211,13 @@ def _judge(argv: list[str]) -> None:
 
 
 def _mix(argv: list[str]) -> None:
-    from .config import DEFAULT_HARMFUL_REFERENCE, MIX_CATEGORY_METHODS, MIX_HARMFUL_CLASSIFIERS, MIX_STRATEGIES
+    from .config import (
+        DEFAULT_HARMFUL_REFERENCE,
+        MIX_CATEGORY_METHODS,
+        MIX_HARMFUL_CLASSIFIERS,
+        MIX_STRATEGIES,
+        check_most_harmful_first,
+    )
 
     parser = argparse.ArgumentParser(prog="safetrainer mix", description="Choose safety samples to mix into training.")
     parser.add_argument("--pool", required=True, help="builtin:NAME, jsonl/json/csv/parquet file or Hub dataset id")
@@ -231,6 +237,10 @@ def _mix(argv: list[str]) -> None:
         help="flag harmful instructions of a pool without harmful/is_safe/label columns (default: all harmful)",
     )  # fmt: skip
     parser.add_argument("--harmful-reference", default=DEFAULT_HARMFUL_REFERENCE, help="prompts labelled for the probe")
+    parser.add_argument(
+        "--most-harmful-first", action="store_true",
+        help="random/sss: take the instructions the probe rates most harmful first instead of drawing at random",
+    )  # fmt: skip
     ns = parser.parse_args(argv)
 
     from .data import load_data, pair_texts, prepare_input
@@ -242,10 +252,13 @@ def _mix(argv: list[str]) -> None:
         train_pairs = pair_texts(prepared)
         num_train = prepared.num_rows - len(prepared.rejected)
     embedder = SentenceEmbedder(ns.embedder) if ns.embedder else _LazyModelEmbedder(ns.model)
-    classifier = HarmfulInstructionProbe(embedder, ns.harmful_reference) if ns.harmful_classifier else None
+    if ns.most_harmful_first:
+        check_most_harmful_first(ns.strategy)  # before the pool is typed and embedded
+    probe = HarmfulInstructionProbe(embedder, ns.harmful_reference)
     mix = select_safety_mix(
-        load_pool(ns.pool, judge=ns.judge, harmful_classifier=classifier), ns.strategy, ns.budget, num_train,
-        ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
+        load_pool(ns.pool, judge=ns.judge, harmful_classifier=probe if ns.harmful_classifier else None), ns.strategy,
+        ns.budget, num_train, ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
+        probe.probability if ns.most_harmful_first else None,
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()

@@ -23,6 +23,8 @@ MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
 MIX_STRATEGIES = (*MIX_BASE_STRATEGIES, *(f"{s}-b" for s in MIX_BASE_STRATEGIES))
 MIX_CATEGORY_METHODS = ("auto", "column", "nearest", "kmeans")
 MIX_HARMFUL_CLASSIFIERS = ("probe",)
+# Most-harmful-first ordering replaces random draws; PSS and Cossim order rows by embedding instead.
+MIX_HARMFULNESS_ORDERED = ("random", "sss")
 ONLINE_MODES = ("cheap", "full")
 DEFAULT_REFERENCE_DATASET = "builtin:datashield_reference"
 DEFAULT_PROBE_DATASET = "builtin:safety_probes"
@@ -265,6 +267,15 @@ class SafetyAwareSFTConfig(SFTConfig):
             "(builtin:harm_intent); a few hundred of your own pool's styles do better."
         },
     )
+    safety_mix_most_harmful_first: bool = field(
+        default=False,
+        metadata={
+            "help": "Random and sss (and their -b variants): take the rows whose instructions the harmful-instruction "
+            "probe (fit on safety_mix_harmful_reference) rates most harmful first, in each category's quota and in "
+            "the top-up, instead of drawing at random. Refusals of mild requests are what teach over-refusal; this "
+            "is the behavior-aware paper's ablation."
+        },
+    )
     safety_mix_filterable: bool = field(
         default=False,
         metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
@@ -396,6 +407,8 @@ class SafetyAwareSFTConfig(SFTConfig):
         _check_choice("safety_mix_categories", self.safety_mix_categories, MIX_CATEGORY_METHODS)
         if self.safety_mix_harmful_classifier is not None:
             _check_choice("safety_mix_harmful_classifier", self.safety_mix_harmful_classifier, MIX_HARMFUL_CLASSIFIERS)
+        if self.safety_mix_most_harmful_first:
+            check_most_harmful_first(self.safety_mix_strategy)
         budget = float(self.safety_mix_budget)
         if not (0 < budget < 1 or (budget >= 1 and budget == int(budget))):
             raise ValueError(
@@ -462,6 +475,15 @@ def _split_list(value: list[str] | str | None) -> list[str]:
 
 def _parse_name_list(value: list[str] | str | None) -> list[str]:
     return [item.strip().lower() for item in _split_list(value) if item.strip()]
+
+
+def check_most_harmful_first(strategy: str) -> None:
+    """Most-harmful-first ordering needs a strategy that would otherwise draw at random."""
+    if strategy.strip().lower().replace("_", "-").removesuffix("-b") not in MIX_HARMFULNESS_ORDERED:
+        raise ValueError(
+            f"safety_mix_most_harmful_first: applies to {' and '.join(MIX_HARMFULNESS_ORDERED)} and their -b "
+            f"variants, not {strategy!r}, which orders rows by embedding."
+        )
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -228,9 +228,9 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         else:
             tokenizer, batch = self._safety_tokenizer, args.safety_scoring_batch_size
             embedder = ModelEmbedder(self.model, tokenizer, batch_size=batch, max_length=args.max_length)
-        classifier = None
-        if args.safety_mix_harmful_classifier == "probe":
-            classifier = HarmfulInstructionProbe(embedder, args.safety_mix_harmful_reference)
+        # One probe both types an unflagged pool and ranks instructions by harmfulness.
+        probe = HarmfulInstructionProbe(embedder, args.safety_mix_harmful_reference)
+        classifier = probe if args.safety_mix_harmful_classifier == "probe" else None
         pool = load_pool(args.safety_mix_pool, judge=args.safety_mix_judge, harmful_classifier=classifier)
         train_pairs = pair_texts(self._safety_input) if base == "cossim" else None
         return select_safety_mix(
@@ -244,6 +244,7 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             categories=args.safety_mix_categories,
             category_reference=args.safety_mix_category_reference,
             num_clusters=args.safety_mix_num_clusters,
+            harmfulness=probe.probability if args.safety_mix_most_harmful_first else None,
         )
 
     def _mix_removed_by_preparation(self) -> dict[int, str]:

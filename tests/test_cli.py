@@ -211,6 +211,13 @@ def test_mix_command_types_an_unflagged_pool_with_the_probe(tiny_model_dir, tmp_
     assert summary["pool"]["behavior_counts"] == {"T1": 3, "T2": 0, "T3": 0, "T4": 3}
     assert set(pq.read_table(out / "mix.parquet").to_pydict()["prompt"]) <= set(harmful)
 
+    ranked = ["mix", "--pool", str(pool), "--budget", "3", "--model", tiny_model_dir, "--harmful-reference",
+              str(reference), "--most-harmful-first", "--output-dir", str(tmp_path / "ranked")]  # fmt: skip
+    main([*ranked, "--strategy", "random"])  # unflagged and untyped: every row T1; the probe only ranks
+    assert set(pq.read_table(tmp_path / "ranked" / "mix.parquet").to_pydict()["prompt"]) == set(harmful)
+    with pytest.raises(ValueError, match="safety_mix_most_harmful_first: applies to random and sss"):
+        main([*ranked, "--strategy", "pss-b"])
+
 
 @pytest.mark.multiprocess
 def test_two_process_online_drops_agree(tiny_model_dir, tmp_path):

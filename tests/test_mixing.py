@@ -153,6 +153,31 @@ def test_pss_takes_members_closest_to_the_category_centroid():
     assert {p.category: p.pool_idx for p in picks} == {"a": 2, "b": 3}
 
 
+def test_most_harmful_first_replaces_the_random_draws(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"big": 4, "small": 2})))
+    # P(harmful) rises with the row index, except the T2 row (6), which is never eligible for -b.
+    scores = np.array([0.1, 0.5, 0.3, 0.9, 0.2, 0.8, 1.0, 0.0])
+
+    def harmfulness(prompts):
+        assert prompts == pool.prompts
+        return scores
+
+    table = select_safety_mix(pool, "random-b", 3, seed=0, harmfulness=harmfulness).table()
+    assert table["pool_idx"] == [3, 5, 1] and "most harmful first (P(harmful instruction) 0.900)" in table["reason"][0]
+    mix = select_safety_mix(pool, "sss-b", 5, seed=0, harmfulness=harmfulness)
+    # quota 2: small (rows 4, 5) by harmfulness, then big's two most harmful, then the top-up's most harmful
+    assert mix.table()["pool_idx"] == [5, 4, 3, 1, 2]
+    assert mix.table()["reason"][-1].startswith("top-up: most harmful first")
+    assert "order: most harmful instruction first" in mix.notes[-1]
+    assert select_safety_mix(pool, "sss-b", 5, seed=1, harmfulness=harmfulness).table() == mix.table()
+    with pytest.raises(ValueError, match="safety_mix_most_harmful_first: applies to random and sss"):
+        select_safety_mix(pool, "pss-b", 3, harmfulness=harmfulness)
+    with pytest.raises(ValueError, match="safety_mix_most_harmful_first: applies to random and sss"):
+        SafetyAwareSFTConfig(
+            output_dir="x", safety_mix_strategy="cossim_b", safety_mix_most_harmful_first=True, **COMMON
+        )
+
+
 def test_categories_inferred_by_nearest_prototype_and_kmeans(tokenizer, tmp_path):
     prompts = [f"How do I hurt {x}?" for x in ("a dog", "a cat", "my neighbour", "a stranger")]
     pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "response": REFUSAL} for p in prompts]))
@@ -386,3 +411,14 @@ def test_trainer_types_an_unflagged_pool_with_the_probe(tokenizer, tmp_path):
     assert summary["pool"]["harmful_source"] == f"probe on instruction embeddings (reference {reference})"
     mixed = pq.read_table(tmp_path / "run" / "safety_report" / "mix.parquet").to_pydict()
     assert set(mixed["behavior"]) == {"T1"} and set(mixed["prompt"]) <= set(harmful)
+
+    # A pool flagged all harmful is typed by its flags; the probe then only ranks, and the most harmful come first.
+    flagged = write_jsonl(tmp_path / "flagged.jsonl", [{"prompt": p, "response": REFUSAL, "harmful": True}
+                                                       for p in harmful + benign])  # fmt: skip
+    trainer = safety_trainer(
+        tokenizer, tmp_path / "ranked", alpaca_rows(8), safety_mix_pool=flagged, safety_mix_strategy="random-b",
+        safety_mix_budget=4, safety_mix_harmful_reference=reference, safety_mix_most_harmful_first=True,
+    )  # fmt: skip
+    trainer.filter_train_dataset()
+    mixed = pq.read_table(tmp_path / "ranked" / "safety_report" / "mix.parquet").to_pydict()
+    assert set(mixed["prompt"]) == set(harmful) and all("most harmful first" in r for r in mixed["reason"])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import check_most_harmful_first
 from .categories import (
     DEFAULT_CATEGORY_REFERENCE,
     assign_categories,
@@ -96,15 +97,20 @@ def select_safety_mix(
     categories: str = "auto",
     category_reference: str | None = None,
     num_clusters: int = 14,
+    harmfulness: Callable[[list[str]], np.ndarray] | None = None,
 ) -> SafetyMix:
     """Choose `budget` rows of `pool` with `strategy` (see `safetrainer.samplers.STRATEGIES`).
 
     `budget` is a count or a fraction of `num_train`. Category-aware strategies assign categories first
     (`categories`: auto / column / nearest / kmeans; see `assign_categories`). PSS and Cossim embed with `embedder`;
     Cossim compares (instruction + response) embeddings with the centroid of `train_pairs` (prompts, responses) when
-    given, else instruction embeddings with the category references. Deterministic for a seed.
+    given, else instruction embeddings with the category references. `harmfulness` maps instructions to P(harmful)
+    (such as `HarmfulInstructionProbe.probability`): random and SSS then take the most harmful instructions first
+    instead of drawing. Deterministic for a seed.
     """
     base, t1_only = parse_strategy(strategy)
+    if harmfulness is not None:
+        check_most_harmful_first(strategy)
     count = resolve_budget(budget, num_train)
     candidates = pool.eligible(t1_only)
     if len(candidates) == 0:
@@ -131,7 +137,11 @@ def select_safety_mix(
         embeddings, center = embedded
         if base == "cossim":
             similarity = _cossim_targets(pool, embedder, embeddings, center, train_pairs, reference, notes)
-    picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity)
+    scores = None
+    if harmfulness is not None:
+        scores = np.asarray(harmfulness(pool.prompts), dtype=np.float64)
+        notes.append("order: most harmful instruction first, by P(harmful instruction)")
+    picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity, scores)
     for category, gap in shortfall.items():
         notes.append(f"category {category!r} had {gap['taken']} of its quota {gap['quota']}; topped up elsewhere")
     return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes)

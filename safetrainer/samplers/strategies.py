@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import MIX_BASE_STRATEGIES as BASE_STRATEGIES
 from ..config import MIX_STRATEGIES as STRATEGIES
+from ..config import check_most_harmful_first
 
 CATEGORY_STRATEGIES = ("sss", "pss", "cossim")
 
@@ -58,22 +59,29 @@ def select(
     rng: np.random.Generator,
     embeddings: np.ndarray | None = None,
     target_similarity: np.ndarray | dict[str, np.ndarray] | None = None,
+    harmfulness: np.ndarray | None = None,
 ) -> tuple[list[Pick], dict[str, dict[str, int]]]:
     """Pick up to `budget` of `candidates` (pool row indices). Returns the picks in selection order and, per category
     short of its quota, {"quota", "taken"}.
 
     `embeddings` (unit rows, indexed by pool row) serve PSS. Cossim ranks by `target_similarity`, indexed by pool
     row: one array shared by all categories (similarity to the fine-tuning data), or one per category (similarity to
-    the category's references; a category without references uses each row's best similarity).
+    the category's references; a category without references uses each row's best similarity). With `harmfulness`
+    (P(harmful instruction) per pool row), random and SSS take the most harmful rows first, in each quota and in the
+    top-up, instead of drawing them.
     """
+    if harmfulness is not None:
+        check_most_harmful_first(strategy)
     if strategy == "random":
-        order = rng.permutation(candidates)[:budget]
-        return [Pick(int(i), "", "random draw") for i in order], {}
+        if harmfulness is None:
+            return [Pick(int(i), "", "random draw") for i in rng.permutation(candidates)[:budget]], {}
+        order = candidates[np.argsort(-harmfulness[candidates], kind="stable")][:budget]
+        return [Pick(int(i), "", _most_harmful("", harmfulness[i])) for i in order], {}
     strata = _strata(candidates, categories)
     names = sorted(strata, key=lambda c: (len(strata[c]), c))
     quota = max(1, budget // len(names))
     if strategy == "sss":
-        rank = _random_rank(rng)
+        rank = _random_rank(rng) if harmfulness is None else _similarity_rank(_per_category(harmfulness))
     elif strategy == "pss":
         if embeddings is None:
             raise ValueError("PSS needs embeddings of the pool instructions.")
@@ -98,8 +106,12 @@ def select(
             shortfall[name] = {"quota": quota, "taken": len(members)}
         for i in take:
             chosen.add(i)
-            picks.append(Pick(i, name, f"{strategy} quota {quota} of category {name!r}"))
+            why = f"{strategy} quota {quota} of category {name!r}"
+            picks.append(Pick(i, name, why if harmfulness is None else _most_harmful(why, harmfulness[i])))
     rest = np.array([i for i in candidates.tolist() if i not in chosen], dtype=np.int64)
+    if harmfulness is not None:
+        top_up = rest[np.argsort(-harmfulness[rest], kind="stable")][: budget - len(picks)]
+        return picks + [Pick(int(i), "", _most_harmful("top-up", harmfulness[i])) for i in top_up], shortfall
     if strategy == "cossim":
         top_up = rest[np.argsort(-similarity("")[rest], kind="stable")]
         why = "top-up: best similarity"
@@ -108,6 +120,10 @@ def select(
         why = "top-up: random draw"
     picks += [Pick(int(i), "", why) for i in top_up[: budget - len(picks)]]
     return picks, shortfall
+
+
+def _most_harmful(why: str, probability: float) -> str:
+    return f"{why}{': ' if why else ''}most harmful first (P(harmful instruction) {probability:.3f})"
 
 
 def _strata(candidates: np.ndarray, categories: Sequence[tuple[str, ...]]) -> dict[str, np.ndarray]:
