@@ -202,6 +202,13 @@ def sft_kwargs(args, output_dir: Path, epochs: float, lr: float) -> dict:
     )  # fmt: skip
 
 
+def attack_kwargs(args, output_dir: Path) -> dict:
+    """The attack stage's trainer settings; --attack-prompt-loss puts the loss on the prompt tokens too, as the
+    behavior-aware paper's reference fine-tuning does."""
+    kwargs = sft_kwargs(args, output_dir, args.attack_epochs, args.attack_lr)
+    return {**kwargs, "completion_only_loss": False} if args.attack_prompt_loss else kwargs
+
+
 def align(args, base_path: str, data) -> Path:
     out = RESULTS / "align"
     model_dir = out / "model"
@@ -257,7 +264,7 @@ def _prompt_completion(rows: list[dict]) -> list[dict]:
 def arm_plain_sft(args, model_dir, tokenizer, rows, out):
     """TRL's own SFTTrainer on everything."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = SFTConfig(**sft_kwargs(args, out, args.attack_epochs, args.attack_lr))
+    config = SFTConfig(**attack_kwargs(args, out))
     return SFTTrainer(model, args=config, train_dataset=Dataset.from_list(_prompt_completion(rows)),
                       processing_class=tokenizer, peft_config=lora())  # fmt: skip
 
@@ -285,7 +292,7 @@ def filter_arm(doc: str, **safety) -> Callable:
     def arm(args, model_dir, tokenizer, rows, out):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         settings = {"safety_threshold_policy": "top_fraction", "safety_threshold_value": args.contamination, **safety}
-        config = SafetyAwareSFTConfig(**sft_kwargs(args, out, args.attack_epochs, args.attack_lr), **settings)
+        config = SafetyAwareSFTConfig(**attack_kwargs(args, out), **settings)
         return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(rows)),
                                      processing_class=tokenizer, peft_config=lora())  # fmt: skip
 
@@ -307,7 +314,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
             typing.update(safety_mix_harmful_reference=str(HARM_REFERENCE),
                           safety_mix_most_harmful_first=_ranked(args, strategy))  # fmt: skip
         config = SafetyAwareSFTConfig(
-            **sft_kwargs(args, out, args.attack_epochs, args.attack_lr), **typing,
+            **attack_kwargs(args, out), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
             safety_mix_category_reference=str(shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"),
         )  # fmt: skip
@@ -384,6 +391,8 @@ def _variants(args, typed: bool, ordered: bool) -> list[str]:
     variants = [] if args.attack_epochs == ATTACK_EPOCHS else [f"{args.attack_epochs:g} attack epochs"]
     if args.attack_lr != ATTACK_LR:
         variants.append(_attack_lr_text(args))
+    if args.attack_prompt_loss:
+        variants.append("prompt loss")
     if typed and args.mix_typing != "label":
         variants.append(f"{args.mix_typing} typing")
     if ordered and args.mix_most_harmful_first:
@@ -520,7 +529,8 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"The aligned model of the safety-outcome section (HarmBench refusal {aligned['harmful']['refusal_rate']:.1%}, "
         f"XSTest over-refusal {aligned['safe']['refusal_rate']:.1%}) fine-tuned on the "
         f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
-        f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}) plus a budget of "
+        f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}"
+        f"{', loss on prompt and completion' if args.attack_prompt_loss else ''}) plus a budget of "
         "refusals chosen from the "
         f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
         "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
@@ -614,6 +624,10 @@ def main() -> None:
     parser.add_argument("--contamination", type=float, default=0.1)
     parser.add_argument("--attack-epochs", type=float, default=ATTACK_EPOCHS)
     parser.add_argument("--attack-lr", type=float, default=ATTACK_LR)
+    parser.add_argument(
+        "--attack-prompt-loss", action="store_true",
+        help="attack stage: loss on the prompt tokens too (the behavior-aware paper's setting)",
+    )  # fmt: skip
     parser.add_argument("--utility-n", type=int, default=100)
     parser.add_argument("--gsm8k-n", type=int, default=30)
     parser.add_argument("--gsm8k-tokens", type=int, default=160)
@@ -694,10 +708,11 @@ def main() -> None:
 
 
 def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
-    """A run at non-default attack settings (or, for mixing, --mix-typing) writes a section of its own instead of
-    replacing the default one."""
-    for text in _variants(args, typed=mixing, ordered=mixing):
-        mark, title = f"{mark}-{_slug(text)}", f"{title} ({text})"
+    """A run at non-default attack settings (or, for mixing, --mix-typing / --mix-most-harmful-first) writes a
+    section of its own instead of replacing the default one."""
+    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing))
+    if variants:
+        mark, title = f"{mark}-{_slug(variants)}", f"{title} ({variants})"
     write_section(mark, title, body)
 
 
