@@ -560,7 +560,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
 
 def _typing_text(args, mix_rows: list[dict], data) -> str:
     order = ""
-    if args.mix_most_harmful_first:
+    if any(_ranked(args, r["arm"].split(" ")[1]) for r in mix_rows):
         order = (
             f"SSS takes the rows that {_probe_text(data)} rates most harmful first (in each category quota and in "
             "the top-up) instead of drawing them, so its seeds choose the same rows; random draws as before. "

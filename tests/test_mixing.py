@@ -172,6 +172,8 @@ def test_most_harmful_first_replaces_the_random_draws(tmp_path):
     assert select_safety_mix(pool, "sss-b", 5, seed=1, harmfulness=harmfulness).table() == mix.table()
     with pytest.raises(ValueError, match="safety_mix_most_harmful_first: applies to random and sss"):
         select_safety_mix(pool, "pss-b", 3, harmfulness=harmfulness)
+    with pytest.raises(ValueError, match=r"returned shape \(7,\) for 8 prompts"):
+        select_safety_mix(pool, "sss-b", 3, harmfulness=lambda prompts: scores[:-1])
     with pytest.raises(ValueError, match="safety_mix_most_harmful_first: applies to random and sss"):
         SafetyAwareSFTConfig(
             output_dir="x", safety_mix_strategy="cossim_b", safety_mix_most_harmful_first=True, **COMMON

@@ -140,6 +140,11 @@ def select_safety_mix(
     scores = None
     if harmfulness is not None:
         scores = np.asarray(harmfulness(pool.prompts), dtype=np.float64)
+        if scores.shape != (len(pool),):
+            raise ValueError(
+                f"safety_mix_most_harmful_first: the harmfulness scorer returned shape {scores.shape} for "
+                f"{len(pool)} prompts; it must return one P(harmful) per prompt."
+            )
         notes.append("order: most harmful instruction first, by P(harmful instruction)")
     picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity, scores)
     for category, gap in shortfall.items():
