@@ -217,7 +217,7 @@ def align(args, base_path: str, data) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     start = time.perf_counter()
-    contrast = distill_contrast(args, model, tokenizer, data["contrast"], RESULTS / "distill")
+    contrast = distill_contrast(args, base_path, data["contrast"], model)
     rows = data["align"] + contrast
     random.Random(args.seed).shuffle(rows)
     config = SFTConfig(**sft_kwargs(args, out / "run", args.align_epochs, args.align_lr))
@@ -232,24 +232,27 @@ def align(args, base_path: str, data) -> Path:
     return model_dir
 
 
-def distill_contrast(args, model, tokenizer, prompts: list[str], cache_dir: Path) -> list[dict]:
-    """The base model's own greedy answers to the borderline-benign requests, refusals left out.
+def distill_contrast(args, base_path: str, prompts: list[str], model=None) -> list[dict]:
+    """The base model's own greedy answers to the borderline-benign requests, refusals left out (the base model is
+    loaded from `base_path` unless given, and only when an answer is not cached).
 
     Self-distilled targets teach "answer these" without pulling the model toward another model's style, so the
     alignment changes the refusal boundary and little else.
     """
     # Generation is the slow part of this stage: answers are cached per prompt (refusals included, so they are not
     # regenerated), and a rerun generates only for prompts added since.
-    cached = cache_dir / "contrast_answers.jsonl"
+    cached = RESULTS / "distill" / "contrast_answers.jsonl"
     answers = {}
     if cached.is_file():
         answers = {r["prompt"]: r["response"] for r in map(json.loads, cached.read_text().splitlines())}
     missing = [p for p in prompts if p not in answers]
     if missing:
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        model = model or AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         answers.update(
             zip(missing, generate(model, tokenizer, missing, args.distill_tokens, args.eval_batch), strict=True)
         )
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text("\n".join(json.dumps({"prompt": p, "response": r}) for p, r in answers.items()))
     judge = KeywordRefusalJudge()
     return [{"prompt": p, "response": answers[p].strip()} for p in prompts
@@ -303,7 +306,9 @@ def filter_arm(doc: str, **safety) -> Callable:
 def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
     Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories.
-    With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1)."""
+    With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1).
+    With --mix-contrast-ratio, contrast rows (the alignment's borderline-benign requests with the base model's own
+    answers) go in beside the refusals."""
 
     def arm(args, model_dir, tokenizer, rows, out):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -313,6 +318,10 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
         if args.mix_typing == "probe" or _ranked(args, strategy):
             typing.update(safety_mix_harmful_reference=str(HARM_REFERENCE),
                           safety_mix_most_harmful_first=_ranked(args, strategy))  # fmt: skip
+        if args.mix_contrast_ratio:
+            typing.update(
+                safety_mix_contrast_pool=str(CONTRAST_POOL), safety_mix_contrast_ratio=args.mix_contrast_ratio
+            )
         config = SafetyAwareSFTConfig(
             **attack_kwargs(args, out), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
@@ -329,6 +338,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
 MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
 MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows without the label column
 HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
+CONTRAST_POOL = RESULTS / "contrast_pool.jsonl"  # the alignment's self-distilled borderline-benign answers
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
 MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2)
 MIX_SEEDS = (0, 1, 2)
@@ -377,7 +387,8 @@ def run_label(args, name: str) -> str:
     # The pool holds keyword refusals only, so typing moves rows between T1 and T4, which only "-b" strategies tell
     # apart: the other strategies choose the same rows either way and keep their cache entries.
     strategy = name.split(" ")[1] if name.startswith("mix ") else ""
-    return name + "".join(f" ({v})" for v in _variants(args, strategy.endswith("-b"), _ranked(args, strategy)))
+    variants = _variants(args, strategy.endswith("-b"), _ranked(args, strategy), mixing=bool(strategy))
+    return name + "".join(f" ({v})" for v in variants)
 
 
 def _ranked(args, strategy: str) -> bool:
@@ -385,9 +396,9 @@ def _ranked(args, strategy: str) -> bool:
     return args.mix_most_harmful_first and strategy.removesuffix("-b") == "sss"
 
 
-def _variants(args, typed: bool, ordered: bool) -> list[str]:
-    """What differs from the default run: attack epochs, attack learning rate, (when `typed`) the pool typing and
-    (when `ordered`) most-harmful-first ordering."""
+def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
+    """What differs from the default run: attack epochs, attack learning rate, (when `typed`) the pool typing, (when
+    `ordered`) most-harmful-first ordering and (when `mixing`) contrast rows."""
     variants = [] if args.attack_epochs == ATTACK_EPOCHS else [f"{args.attack_epochs:g} attack epochs"]
     if args.attack_lr != ATTACK_LR:
         variants.append(_attack_lr_text(args))
@@ -397,6 +408,8 @@ def _variants(args, typed: bool, ordered: bool) -> list[str]:
         variants.append(f"{args.mix_typing} typing")
     if ordered and args.mix_most_harmful_first:
         variants.append("most harmful first")
+    if mixing and args.mix_contrast_ratio:
+        variants.append(f"contrast x{args.mix_contrast_ratio:g}")
     return variants
 
 
@@ -535,6 +548,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
         "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
         f"{_typing_text(args, mix_rows, data)}"
+        f"{_contrast_text(args, mix_rows)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
         "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
         f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
@@ -573,6 +587,19 @@ def _typing_text(args, mix_rows: list[dict], data) -> str:
         f"The pool carries no labels: {_probe_text(data)} typed {' / '.join(map(str, t1))} rows T1, the rest T4; the "
         "-b strategies choose among T1, the others among all rows (so they choose the same rows as with a labelled "
         f"pool). {order}"
+    )
+
+
+def _contrast_text(args, mix_rows: list[dict]) -> str:
+    if not args.mix_contrast_ratio:
+        return ""
+    info = [json.loads((r["adapter"] / "train.json").read_text())["mix"] for r in mix_rows]
+    pool = info[0]["contrast_pool"]["behavior_counts"]["T3"]
+    return (
+        f"Beside the refusals, {args.mix_contrast_ratio:g} contrast row(s) per refusal "
+        f"({' / '.join(sorted({str(i['contrast_selected']) for i in info}))} rows) drawn at random from the {pool} "
+        "borderline-benign requests the alignment trained on, answered by the base model itself "
+        "(`safety_mix_contrast_pool`); the budget counts the refusals only. "
     )
 
 
@@ -654,6 +681,11 @@ def main() -> None:
         help="sss mixing arms take the instructions safetrainer's harmful-instruction probe (fit on the held-out "
         "labelled prompts) rates most harmful first, instead of drawing them at random; random arms stay random",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-contrast-ratio", type=float, default=0.0,
+        help="mixing arms also add this many contrast rows per refusal: the alignment's borderline-benign requests "
+        "with the base model's own answers (safety_mix_contrast_pool); 0 adds none",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -674,6 +706,8 @@ def main() -> None:
     HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
+    if args.mix_contrast_ratio:
+        CONTRAST_POOL.write_text("\n".join(json.dumps(r) for r in distill_contrast(args, base, data["contrast"])))
     rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
     if "attack" in stages:
         for name in arms:
@@ -710,7 +744,7 @@ def main() -> None:
 def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
     """A run at non-default attack settings (or, for mixing, --mix-typing / --mix-most-harmful-first) writes a
     section of its own instead of replacing the default one."""
-    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing))
+    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing, mixing=mixing))
     if variants:
         mark, title = f"{mark}-{_slug(variants)}", f"{title} ({variants})"
     write_section(mark, title, body)

@@ -241,7 +241,11 @@ def _mix(argv: list[str]) -> None:
         "--most-harmful-first", action="store_true",
         help="random/sss: take the instructions the probe rates most harmful first instead of drawing at random",
     )  # fmt: skip
+    parser.add_argument("--contrast-pool", default=None, help="borderline-benign requests answered helpfully")
+    parser.add_argument("--contrast-ratio", type=float, default=1.0, help="contrast rows per selected safety sample")
     ns = parser.parse_args(argv)
+    if not ns.contrast_ratio > 0:
+        parser.error(f"--contrast-ratio: must be > 0, got {ns.contrast_ratio}")
 
     from .data import load_data, pair_texts, prepare_input
     from .samplers import HarmfulInstructionProbe, SentenceEmbedder, load_pool, select_safety_mix
@@ -255,10 +259,14 @@ def _mix(argv: list[str]) -> None:
     if ns.most_harmful_first:
         check_most_harmful_first(ns.strategy)  # before the pool is typed and embedded
     probe = HarmfulInstructionProbe(embedder, ns.harmful_reference)
+    classifier = probe if ns.harmful_classifier else None
+    contrast = None
+    if ns.contrast_pool:
+        contrast = load_pool(ns.contrast_pool, judge=ns.judge, harmful_classifier=classifier, contrast=True)
     mix = select_safety_mix(
-        load_pool(ns.pool, judge=ns.judge, harmful_classifier=probe if ns.harmful_classifier else None), ns.strategy,
+        load_pool(ns.pool, judge=ns.judge, harmful_classifier=classifier), ns.strategy,
         ns.budget, num_train, ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
-        probe.probability if ns.most_harmful_first else None,
+        probe.probability if ns.most_harmful_first else None, contrast, ns.contrast_ratio,
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()

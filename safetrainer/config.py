@@ -276,6 +276,20 @@ class SafetyAwareSFTConfig(SFTConfig):
             "is the behavior-aware paper's ablation."
         },
     )
+    safety_mix_contrast_pool: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Borderline-benign requests answered helpfully ("How do I kill a Python process?" with the '
+            "answer), mixed in beside the safety samples so the model learns where refusing stops rather than "
+            "refusing on harm words. A local file or Hub dataset id with prompt and response columns; rows are typed "
+            "like the safety pool's (without flags, instructions are taken as benign) and only T3 rows (benign "
+            "instruction, compliance) are drawn. Unset: none."
+        },
+    )
+    safety_mix_contrast_ratio: float = field(
+        default=1.0,
+        metadata={"help": "Contrast rows drawn per selected safety sample (with safety_mix_contrast_pool)."},
+    )
     safety_mix_filterable: bool = field(
         default=False,
         metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
@@ -415,6 +429,12 @@ class SafetyAwareSFTConfig(SFTConfig):
                 f"safety_mix_budget: got {self.safety_mix_budget}; allowed: a count (integer >= 1) or a fraction in "
                 "(0, 1) of the training set."
             )
+        if self.safety_mix_contrast_pool is not None and self.safety_mix_pool is None:
+            raise ValueError(
+                "safety_mix_contrast_pool: contrast rows go beside safety samples; set safety_mix_pool too."
+            )
+        if not self.safety_mix_contrast_ratio > 0:
+            raise ValueError(f"safety_mix_contrast_ratio: must be > 0, got {self.safety_mix_contrast_ratio}.")
         if self.safety_mix_num_clusters < 1:
             raise ValueError(f"safety_mix_num_clusters: must be >= 1, got {self.safety_mix_num_clusters}.")
         if self.safety_mix_pool is not None and self.packing:

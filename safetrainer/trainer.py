@@ -232,6 +232,10 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         probe = HarmfulInstructionProbe(embedder, args.safety_mix_harmful_reference)
         classifier = probe if args.safety_mix_harmful_classifier == "probe" else None
         pool = load_pool(args.safety_mix_pool, judge=args.safety_mix_judge, harmful_classifier=classifier)
+        contrast = None
+        if args.safety_mix_contrast_pool is not None:
+            contrast = load_pool(args.safety_mix_contrast_pool, judge=args.safety_mix_judge,
+                                 harmful_classifier=classifier, contrast=True)  # fmt: skip
         train_pairs = pair_texts(self._safety_input) if base == "cossim" else None
         return select_safety_mix(
             pool,
@@ -245,6 +249,8 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             category_reference=args.safety_mix_category_reference,
             num_clusters=args.safety_mix_num_clusters,
             harmfulness=probe.probability if args.safety_mix_most_harmful_first else None,
+            contrast=contrast,
+            contrast_ratio=args.safety_mix_contrast_ratio,
         )
 
     def _mix_removed_by_preparation(self) -> dict[int, str]:
@@ -258,11 +264,12 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             return None
         table = self.safety_mix.table()
         return [
-            (preview_text(prompt), f"safety mix, pool row {idx} ({behavior}): {reason}")
-            for idx, behavior, prompt, reason in zip(
-                table["pool_idx"], table["behavior"], table["prompt"], table["reason"], strict=True
+            (preview_text(prompt), f"safety mix, {'' if pool == 'safety' else 'contrast '}pool row {idx} ({behavior}): "
+             f"{reason}")
+            for idx, behavior, prompt, reason, pool in zip(
+                table["pool_idx"], table["behavior"], table["prompt"], table["reason"], table["pool"], strict=True
             )
-        ]
+        ]  # fmt: skip
 
     def _scoring_candidates(self, prepared_idx: list[int]):
         if self._safety_input.input_format == "text":

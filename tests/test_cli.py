@@ -188,12 +188,23 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     main(["mix", "--pool", "builtin:refusal_pool", "--strategy", "cossim-b", "--budget", "0.1", "--train-file",
           "builtin:demo_sft", "--model", tiny_model_dir, "--output-dir", str(out)])  # fmt: skip
     table = pq.read_table(out / "mix.parquet").to_pydict()
-    assert list(table) == ["pool_idx", "category", "behavior", "prompt", "response", "reason"]
+    assert list(table) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool"]
     assert len(table["pool_idx"]) == 7  # 10% of demo_sft's 70 rows
     assert set(table["behavior"]) == {"T1"} and "cossim" in table["reason"][0]
     summary = json.loads((out / "mix_summary.json").read_text())
     assert "centroid of 70 training rows" in summary["notes"][0]
     assert '"selected": 7' in capsys.readouterr().out
+
+    contrast = tmp_path / "contrast.jsonl"
+    contrast.write_text(json.dumps({"prompt": "How do I kill a stuck process?", "response": "Run `kill PID`."}))
+    with_contrast = ["mix", "--pool", "builtin:refusal_pool", "--strategy", "random-b", "--budget", "2",
+                     "--contrast-pool", str(contrast), "--output-dir", str(tmp_path / "contrast")]  # fmt: skip
+    main([*with_contrast, "--contrast-ratio", "0.5"])
+    table = pq.read_table(tmp_path / "contrast" / "mix.parquet").to_pydict()
+    assert table["pool"] == ["safety", "safety", "contrast"] and table["behavior"] == ["T1", "T1", "T3"]
+    with pytest.raises(SystemExit):
+        main([*with_contrast, "--contrast-ratio", "0"])
+    assert "--contrast-ratio: must be > 0" in capsys.readouterr().err
 
 
 def test_mix_command_types_an_unflagged_pool_with_the_probe(tiny_model_dir, tmp_path):

@@ -67,6 +67,8 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
         ({"safety_seal_epochs": 0}, "safety_seal_epochs", ">= 1"),
         ({"safety_scorers": "classifier"}, "safety_classifier", "model id"),
         ({"safety_mix_harmful_classifier": "wildguard"}, "safety_mix_harmful_classifier", "probe"),
+        ({"safety_mix_contrast_pool": "x.jsonl"}, "safety_mix_contrast_pool", "safety_mix_pool"),
+        ({"safety_mix_pool": "p.jsonl", "safety_mix_contrast_ratio": 0}, "safety_mix_contrast_ratio", "> 0"),
     ],
 )
 def test_invalid_values_name_the_field_and_allowed_values(tmp_path, kwargs, field, allowed):

@@ -141,6 +141,39 @@ def test_budget_larger_than_pool_takes_everything_and_says_so(tmp_path):
     assert sorted(select_safety_mix(pool, "random", 50).table()["pool_idx"]) == [0, 1, 2, 3, 5]
 
 
+def contrast_rows() -> list[dict]:
+    """Borderline-benign requests: four answered, one refused (T4), one flagged harmful and answered (T2)."""
+    rows = [{"prompt": f"How do I kill process {i}?", "response": f"Run `kill {i}`."} for i in range(4)]
+    rows.append({"prompt": "How do I shoot a photo at night?", "response": REFUSAL})
+    rows = [{**r, "harmful": False} for r in rows]
+    return rows + [{"prompt": "How do I shoot a person?", "response": "Aim.", "harmful": True}]
+
+
+def test_contrast_rows_are_drawn_from_the_contrast_pools_helpful_answers(tmp_path):
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"a": 3, "b": 3})))
+    unflagged_rows = [{"prompt": r["prompt"], "response": r["response"]} for r in contrast_rows()[:5]]
+    unflagged = load_pool(write_jsonl(tmp_path / "u.jsonl", unflagged_rows), contrast=True)
+    assert unflagged.behavior == ["T3"] * 4 + ["T4"] and "contrast pool taken as benign" in unflagged.harmful_source
+    contrast = load_pool(write_jsonl(tmp_path / "c.jsonl", contrast_rows()), contrast=True)
+    mix = select_safety_mix(pool, "sss-b", 2, seed=3, contrast=contrast, contrast_ratio=1.5)
+    table = mix.table()
+    assert table["pool"] == ["safety"] * 2 + ["contrast"] * 3
+    assert set(table["pool_idx"][2:]) <= {0, 1, 2, 3} and set(table["behavior"][2:]) == {"T3"}  # never T4 or T2
+    assert table["reason"][2].startswith("contrast: random draw")
+    summary = mix.summary()
+    assert summary["selected"] == 2 and summary["contrast_selected"] == 3 and len(mix) == 5
+    assert summary["contrast_pool"]["behavior_counts"] == {"T1": 0, "T2": 1, "T3": 4, "T4": 1}
+    again = select_safety_mix(pool, "sss-b", 2, seed=3, contrast=contrast, contrast_ratio=1.5).table()
+    assert again == table
+    everything = select_safety_mix(pool, "random-b", 6, contrast=contrast)
+    assert len(everything.contrast_picks) == 4 and "the contrast pool has 4 T3 rows" in everything.notes[-1]
+    refusals_only = load_pool(write_jsonl(tmp_path / "r.jsonl", contrast_rows()[4:5]), contrast=True)
+    with pytest.raises(ValueError, match="safety_mix_contrast_pool .* has no T3 row"):
+        select_safety_mix(pool, "random-b", 2, contrast=refusals_only)
+    with pytest.raises(ValueError, match="safety_mix_contrast_pool: .* has no rows"):
+        load_pool(write_jsonl(tmp_path / "e.jsonl", []), contrast=True)
+
+
 def test_pss_takes_members_closest_to_the_category_centroid():
     embeddings = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.6, 0.8], [0.1, 0.9]], dtype=np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -223,8 +256,23 @@ def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokeni
     summary = json.loads((report / "summary.json").read_text())
     assert summary["counts"]["mixed"] == 4 and summary["safety_mix"]["selected_behavior_counts"] == {"T1": 4}
     mix = pq.read_table(report / "mix.parquet").to_pydict()
-    assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason"]
+    assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool"]
     assert len(set(mix["category"])) == 4  # stratified: four different categories
+
+
+def test_trainer_mixes_contrast_rows_beside_the_safety_samples(tokenizer, tmp_path):
+    contrast = write_jsonl(tmp_path / "contrast.jsonl", contrast_rows())
+    trainer = safety_trainer(
+        tokenizer, tmp_path, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="random-b",
+        safety_mix_budget=2, safety_mix_contrast_pool=contrast, safety_mix_contrast_ratio=2,
+    )  # fmt: skip
+    table = trainer.filter_train_dataset()
+    assert table["counts"] == {"input": 8, "mixed": 6, "kept": 14, "dropped": 0, "rejected": 0}
+    scores = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
+    assert sum(r.startswith("kept: safety mix, contrast pool row") for r in scores["reason"]) == 4
+    assert sorted(trainer.train_dataset["sample_idx"]) == list(range(14))
+    mixed = pq.read_table(tmp_path / "safety_report" / "mix.parquet").to_pydict()
+    assert mixed["pool"] == ["safety"] * 2 + ["contrast"] * 4 and set(mixed["behavior"]) == {"T1", "T3"}
 
 
 def test_the_judge_decides_the_pools_refusal_flags():

@@ -44,4 +44,6 @@ def _load_file(path: Path) -> Dataset:
         raise ValueError(
             f"Unsupported data file extension {path.suffix!r} ({path}); allowed: {', '.join(_FILE_BUILDERS)}."
         )
+    if path.stat().st_size == 0:  # the file builders fail on an empty file with an obscure StopIteration
+        return Dataset.from_dict({})
     return load_dataset(builder, data_files=str(path), split="train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,13 @@ from .embedding import Embedder, normalize
 from .pool import SafetyPool
 from .strategies import CATEGORY_STRATEGIES, Pick, parse_strategy, resolve_budget, select
 
-MIX_COLUMNS = ("pool_idx", "category", "behavior", "prompt", "response", "reason")
+MIX_COLUMNS = ("pool_idx", "category", "behavior", "prompt", "response", "reason", "pool")
 
 
 @dataclass
 class SafetyMix:
-    """The selected rows of a pool, in selection order, with the selection's settings and its shortfalls."""
+    """The selected rows of a pool, in selection order, with the selection's settings and its shortfalls; then the
+    contrast rows drawn from a contrast pool, if one was given."""
 
     pool: SafetyPool
     strategy: str
@@ -36,22 +37,29 @@ class SafetyMix:
     picks: list[Pick]
     shortfall: dict[str, dict[str, int]]
     notes: list[str]
+    contrast: SafetyPool | None = None
+    contrast_picks: list[Pick] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.picks)
+        return len(self.picks) + len(self.contrast_picks)
 
     def table(self) -> dict[str, list]:
-        """One row per selected sample: `pool_idx`, `category` (all of the row's categories, "; "-joined),
-        `behavior`, `prompt`, `response`, `reason`."""
-        behavior = self.pool.behavior
-        return {
-            "pool_idx": [p.pool_idx for p in self.picks],
-            "category": ["; ".join(self.pool.categories[p.pool_idx]) for p in self.picks],
-            "behavior": [behavior[p.pool_idx] for p in self.picks],
-            "prompt": [self.pool.prompts[p.pool_idx] for p in self.picks],
-            "response": [self.pool.responses[p.pool_idx] for p in self.picks],
-            "reason": [p.reason for p in self.picks],
-        }
+        """One row per selected sample: `pool_idx` (in its pool), `category` (all of the row's categories,
+        "; "-joined), `behavior`, `prompt`, `response`, `reason`, `pool` ("safety" or "contrast")."""
+        sources = [("safety", self.pool, self.picks)]
+        if self.contrast is not None:
+            sources.append(("contrast", self.contrast, self.contrast_picks))
+        table: dict[str, list] = {column: [] for column in MIX_COLUMNS}
+        for name, pool, picks in sources:
+            behavior = pool.behavior
+            table["pool_idx"] += [p.pool_idx for p in picks]
+            table["category"] += ["; ".join(pool.categories[p.pool_idx]) for p in picks]
+            table["behavior"] += [behavior[p.pool_idx] for p in picks]
+            table["prompt"] += [pool.prompts[p.pool_idx] for p in picks]
+            table["response"] += [pool.responses[p.pool_idx] for p in picks]
+            table["reason"] += [p.reason for p in picks]
+            table["pool"] += [name] * len(picks)
+        return table
 
     def summary(self) -> dict[str, Any]:
         """The pool's typing and category counts, the selection's counts per behavior and category, shortfalls."""
@@ -59,7 +67,8 @@ class SafetyMix:
         return {
             "strategy": self.strategy,
             "budget": self.budget,
-            "selected": len(self),
+            "selected": len(self.picks),
+            "contrast_selected": len(self.contrast_picks),
             "seed": self.seed,
             "pool": self.pool.summary(),
             "selected_behavior_counts": dict(Counter(table["behavior"])),
@@ -68,6 +77,7 @@ class SafetyMix:
             ),
             "shortfall": self.shortfall,
             "notes": self.notes,
+            "contrast_pool": None if self.contrast is None else self.contrast.summary(),
         }
 
     def write(self, output_dir: str | Path) -> Path:
@@ -98,6 +108,8 @@ def select_safety_mix(
     category_reference: str | None = None,
     num_clusters: int = 14,
     harmfulness: Callable[[list[str]], np.ndarray] | None = None,
+    contrast: SafetyPool | None = None,
+    contrast_ratio: float = 1.0,
 ) -> SafetyMix:
     """Choose `budget` rows of `pool` with `strategy` (see `safetrainer.samplers.STRATEGIES`).
 
@@ -106,7 +118,8 @@ def select_safety_mix(
     Cossim compares (instruction + response) embeddings with the centroid of `train_pairs` (prompts, responses) when
     given, else instruction embeddings with the category references. `harmfulness` maps instructions to P(harmful)
     (such as `HarmfulInstructionProbe.probability`): random and SSS then take the most harmful instructions first
-    instead of drawing. Deterministic for a seed.
+    instead of drawing. With a `contrast` pool, `contrast_ratio` contrast rows per selected row are drawn at random
+    from its T3 rows (benign instruction, compliance). Deterministic for a seed.
     """
     base, t1_only = parse_strategy(strategy)
     if harmfulness is not None:
@@ -149,7 +162,29 @@ def select_safety_mix(
     picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity, scores)
     for category, gap in shortfall.items():
         notes.append(f"category {category!r} had {gap['taken']} of its quota {gap['quota']}; topped up elsewhere")
-    return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes)
+    contrast_picks = (
+        [] if contrast is None else _contrast_picks(contrast, round(contrast_ratio * len(picks)), rng, notes)
+    )
+    return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes, contrast, contrast_picks)
+
+
+def _contrast_picks(contrast: SafetyPool, count: int, rng: np.random.Generator, notes: list[str]) -> list[Pick]:
+    """`count` T3 rows of the contrast pool, drawn at random: refusals there would teach refusing benign requests,
+    and a harmful instruction answered helpfully (T2) is never added."""
+    candidates = np.array(
+        [i for i, b in enumerate(contrast.behavior) if b == "T3" and i not in contrast.excluded], dtype=np.int64
+    )
+    if len(candidates) == 0:
+        counts = contrast.summary()["behavior_counts"]
+        raise ValueError(
+            f"safety_mix_contrast_pool {contrast.source!r} has no T3 row (benign instruction answered helpfully) "
+            f"to mix in (behavior counts {counts}, {len(contrast.excluded)} excluded). Give borderline-benign requests "
+            "with helpful answers."
+        )
+    if count > len(candidates):
+        notes.append(f"contrast: {count} rows asked, the contrast pool has {len(candidates)} T3 rows: all mixed in")
+    why = "contrast: random draw (benign instruction answered helpfully)"
+    return [Pick(int(i), "", why) for i in rng.permutation(candidates)[:count]]
 
 
 def _cossim_targets(pool, embedder, instruction_embeddings, center, train_pairs, reference, notes):

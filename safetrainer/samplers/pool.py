@@ -11,8 +11,8 @@ The refusal flag comes from a refusal judge (keyword by default). The harmful fl
 order: a `harmful` column; BeaverTails' `is_safe` (False marks a harmful *response*: such rows are excluded, their
 instruction counted as harmful); a `label` column (`harmful`/`benign` for the instruction, `refusal` for a refusal
 pool, `harmful_response` as for `is_safe=False`); a prompt classifier given by the caller (such as
-`HarmfulInstructionProbe`); otherwise every row of a safety pool is taken as a harmful instruction, and the summary
-says so.
+`HarmfulInstructionProbe`); otherwise every row of a safety pool is taken as a harmful instruction (every row of a
+contrast pool as a benign one), and the summary says so.
 """
 
 from __future__ import annotations
@@ -96,23 +96,26 @@ def load_pool(
     split: str = "train",
     judge: str | Callable | None = None,
     harmful_classifier: Callable[[list[str]], Sequence[bool]] | None = None,
+    contrast: bool = False,
 ) -> SafetyPool:
     """Load a pool from `builtin:<name>`, a local file or a Hub dataset id, and type every row.
 
     Columns: a prompt (`prompt`, `instruction` or `question`), a response (`response`, `output`, `answer` or
     `completion`), optional `category` (a string, a list of strings, or BeaverTails' {name: bool} dict), optional
     harmful flags (see the module docstring). Other columns are kept in the source and ignored. `judge` decides refusals
-    (`"keyword"` by default, a callable, or a model id; see `safetrainer.eval.load_judge`).
+    (`"keyword"` by default, a callable, or a model id; see `safetrainer.eval.load_judge`). A `contrast` pool holds
+    borderline-benign requests answered helpfully: without flags, its instructions are taken as benign.
     """
+    pool_field = "safety_mix_contrast_pool" if contrast else "safety_mix_pool"
     dataset = load_data(source, split)
     if len(dataset) == 0:
-        raise ValueError(f"safety_mix_pool: {source!r} has no rows.")
+        raise ValueError(f"{pool_field}: {source!r} has no rows.")
     columns = dataset.column_names
     prompt_col = next((c for c in _PROMPT_COLUMNS if c in columns), None)
     response_col = next((c for c in _RESPONSE_COLUMNS if c in columns), None)
     if prompt_col is None or response_col is None:
         raise ValueError(
-            f"safety_mix_pool: {source!r} needs a prompt column ({' or '.join(_PROMPT_COLUMNS)}) and a response "
+            f"{pool_field}: {source!r} needs a prompt column ({' or '.join(_PROMPT_COLUMNS)}) and a response "
             f"column ({' or '.join(_RESPONSE_COLUMNS)}); found {sorted(columns)}."
         )
     rows = dataset.to_list()
@@ -126,13 +129,15 @@ def load_pool(
         prompts.append(prompt if isinstance(prompt, str) else "")
         responses.append(response if isinstance(response, str) else "")
 
-    harmful, harmful_source = _harmful_flags(rows, columns, prompts, harmful_classifier, excluded)
+    harmful, harmful_source = _harmful_flags(rows, columns, prompts, harmful_classifier, excluded, pool_field)
     texts = [i for i in range(len(rows)) if i not in excluded]
     refusal = np.zeros(len(rows), dtype=bool)
     if texts:
         verdicts = judge_pairs(load_judge(judge), [prompts[i] for i in texts], [responses[i] for i in texts])
         refusal[texts] = verdicts
-    categories = [_categories(row.get("category")) for row in rows] if "category" in columns else [()] * len(rows)
+    categories = [()] * len(rows)
+    if "category" in columns:
+        categories = [_categories(row.get("category"), pool_field) for row in rows]
     has_categories = any(categories)
     return SafetyPool(
         source, prompts, responses, harmful, refusal, categories, harmful_source,
@@ -140,14 +145,14 @@ def load_pool(
     )  # fmt: skip
 
 
-def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.ndarray, str]:
+def _harmful_flags(rows, columns, prompts, classifier, excluded, name) -> tuple[np.ndarray, str]:
     n = len(rows)
     if "harmful" in columns:
-        flags = [_as_bool(r["harmful"], f"safety_mix_pool row {i}: column 'harmful'") for i, r in enumerate(rows)]
+        flags = [_as_bool(r["harmful"], f"{name} row {i}: column 'harmful'") for i, r in enumerate(rows)]
         return np.array(flags, dtype=bool), "column"
     if "is_safe" in columns:
         for i, r in enumerate(rows):
-            if not _as_bool(r["is_safe"], f"safety_mix_pool row {i}: column 'is_safe'"):
+            if not _as_bool(r["is_safe"], f"{name} row {i}: column 'is_safe'"):
                 excluded.setdefault(i, "harmful response (is_safe=False)")
         return np.ones(n, dtype=bool), "is_safe (instructions of a safety pool taken as harmful)"
     known_labels = (*_HARMFUL_LABELS, *_RESPONSE_HARMFUL_LABELS)
@@ -164,6 +169,10 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded) -> tuple[np.nda
         if len(verdicts) != n:
             raise ValueError(f"safety_mix harmful classifier returned {len(verdicts)} flags for {n} prompts.")
         return np.array(verdicts, dtype=bool), getattr(classifier, "description", "classifier")
+    if name == "safety_mix_contrast_pool":
+        return np.zeros(
+            n, dtype=bool
+        ), "default (no harmful column: every instruction of a contrast pool taken as benign)"
     return np.ones(n, dtype=bool), "default (no harmful column: every instruction of a safety pool taken as harmful)"
 
 
@@ -183,7 +192,7 @@ def _as_bool(value: Any, where: str) -> bool:
     raise ValueError(f"{where} must be a boolean (true/false, 1/0, yes/no), got {value!r}.")
 
 
-def _categories(value: Any) -> tuple[str, ...]:
+def _categories(value: Any, name: str) -> tuple[str, ...]:
     """A row's categories: a string (one category; BeaverTails names contain commas), a list, or a {name: flag}
     dict."""
     if value is None:
@@ -194,4 +203,4 @@ def _categories(value: Any) -> tuple[str, ...]:
         return tuple(sorted(str(k) for k, flag in value.items() if flag))
     if isinstance(value, list | tuple):
         return tuple(sorted({str(v).strip() for v in value if str(v).strip()}))
-    raise ValueError(f"safety_mix_pool: category must be a string, a list or a dict, got {type(value).__name__}.")
+    raise ValueError(f"{name}: category must be a string, a list or a dict, got {type(value).__name__}.")
