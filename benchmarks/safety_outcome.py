@@ -340,7 +340,7 @@ MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows wit
 HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
 CONTRAST_POOL = RESULTS / "contrast_pool.jsonl"  # the alignment's self-distilled borderline-benign answers
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
-MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2)
+MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
 MIX_SEEDS = (0, 1, 2)
 
 
