@@ -153,7 +153,7 @@ def test_contrast_rows_are_drawn_from_the_contrast_pools_helpful_answers(tmp_pat
     pool = load_pool(write_jsonl(tmp_path / "p.jsonl", pool_rows({"a": 3, "b": 3})))
     unflagged_rows = [{"prompt": r["prompt"], "response": r["response"]} for r in contrast_rows()[:5]]
     unflagged = load_pool(write_jsonl(tmp_path / "u.jsonl", unflagged_rows), contrast=True)
-    assert unflagged.behavior == ["T3"] * 4 + ["T4"] and "contrast pool taken as benign" in unflagged.harmful_source
+    assert unflagged.behavior == ["T3"] * 4 + ["T4"] and "contrast pool as benign" in unflagged.harmful_source
     contrast = load_pool(write_jsonl(tmp_path / "c.jsonl", contrast_rows()), contrast=True)
     mix = select_safety_mix(pool, "sss-b", 2, seed=3, contrast=contrast, contrast_ratio=1.5)
     table = mix.table()

@@ -36,6 +36,7 @@ _INSTRUCTION_LABELS = {"harmful": True, "unsafe": True, "benign": False, "safe":
 # A safety pool's rows may also be labelled "refusal": a refusal there answers a harmful instruction.
 _HARMFUL_LABELS = {**_INSTRUCTION_LABELS, "refusal": True}
 _RESPONSE_HARMFUL_LABELS = ("harmful_response",)
+_POOL_FIELD = {False: "safety_mix_pool", True: "safety_mix_contrast_pool"}  # the setting that errors name
 
 
 @dataclass
@@ -106,7 +107,7 @@ def load_pool(
     (`"keyword"` by default, a callable, or a model id; see `safetrainer.eval.load_judge`). A `contrast` pool holds
     borderline-benign requests answered helpfully: without flags, its instructions are taken as benign.
     """
-    pool_field = "safety_mix_contrast_pool" if contrast else "safety_mix_pool"
+    pool_field = _POOL_FIELD[contrast]
     dataset = load_data(source, split)
     if len(dataset) == 0:
         raise ValueError(f"{pool_field}: {source!r} has no rows.")
@@ -129,7 +130,7 @@ def load_pool(
         prompts.append(prompt if isinstance(prompt, str) else "")
         responses.append(response if isinstance(response, str) else "")
 
-    harmful, harmful_source = _harmful_flags(rows, columns, prompts, harmful_classifier, excluded, pool_field)
+    harmful, harmful_source = _harmful_flags(rows, columns, prompts, harmful_classifier, excluded, contrast)
     texts = [i for i in range(len(rows)) if i not in excluded]
     refusal = np.zeros(len(rows), dtype=bool)
     if texts:
@@ -145,7 +146,8 @@ def load_pool(
     )  # fmt: skip
 
 
-def _harmful_flags(rows, columns, prompts, classifier, excluded, name) -> tuple[np.ndarray, str]:
+def _harmful_flags(rows, columns, prompts, classifier, excluded, contrast) -> tuple[np.ndarray, str]:
+    name = _POOL_FIELD[contrast]
     n = len(rows)
     if "harmful" in columns:
         flags = [_as_bool(r["harmful"], f"{name} row {i}: column 'harmful'") for i, r in enumerate(rows)]
@@ -169,10 +171,8 @@ def _harmful_flags(rows, columns, prompts, classifier, excluded, name) -> tuple[
         if len(verdicts) != n:
             raise ValueError(f"safety_mix harmful classifier returned {len(verdicts)} flags for {n} prompts.")
         return np.array(verdicts, dtype=bool), getattr(classifier, "description", "classifier")
-    if name == "safety_mix_contrast_pool":
-        return np.zeros(
-            n, dtype=bool
-        ), "default (no harmful column: every instruction of a contrast pool taken as benign)"
+    if contrast:
+        return np.zeros(n, dtype=bool), "default (no harmful column: every instruction of a contrast pool as benign)"
     return np.ones(n, dtype=bool), "default (no harmful column: every instruction of a safety pool taken as harmful)"
 
 
