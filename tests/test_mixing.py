@@ -60,8 +60,8 @@ def test_pool_typing_counts_and_flag_sources(tmp_path):
     summary = pool.summary()
     assert summary["behavior_counts"] == {"T1": 3, "T2": 1, "T3": 1, "T4": 0}
     assert summary["harmful_source"] == "column" and summary["category_source"] == "column"
-    assert pool.eligible(t1_only=True).tolist() == [0, 1, 2]
-    assert pool.eligible(t1_only=False).tolist() == [0, 1, 2, 4]  # never T2
+    assert pool.eligible(["T1"]).tolist() == [0, 1, 2]
+    assert pool.eligible().tolist() == pool.eligible(["T1", "T2", "T3"]).tolist() == [0, 1, 2, 4]  # never T2
 
     beavertails = [
         {"prompt": "q", "response": REFUSAL, "is_safe": True, "category": {"self_harm": True, "x": False}},

@@ -125,7 +125,7 @@ def select_safety_mix(
     if harmfulness is not None:
         check_most_harmful_first(strategy)
     count = resolve_budget(budget, num_train)
-    candidates = pool.eligible(t1_only)
+    candidates = pool.eligible(["T1"] if t1_only else ["T1", "T3", "T4"])
     if len(candidates) == 0:
         counts = pool.summary()["behavior_counts"]
         need = "T1 (harmful instruction + refusal)" if t1_only else "T1, T3 or T4"
@@ -171,9 +171,7 @@ def select_safety_mix(
 def _contrast_picks(contrast: SafetyPool, count: int, rng: np.random.Generator, notes: list[str]) -> list[Pick]:
     """`count` T3 rows of the contrast pool, drawn at random: refusals there would teach refusing benign requests,
     and a harmful instruction answered helpfully (T2) is never added."""
-    candidates = np.array(
-        [i for i, b in enumerate(contrast.behavior) if b == "T3" and i not in contrast.excluded], dtype=np.int64
-    )
+    candidates = contrast.eligible(["T3"])
     if len(candidates) == 0:
         counts = contrast.summary()["behavior_counts"]
         raise ValueError(

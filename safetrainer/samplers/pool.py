@@ -18,7 +18,7 @@ contrast pool as a benign one), and the summary says so.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +65,12 @@ class SafetyPool:
         """T1..T4 per row."""
         return [behavior_type(h, r) for h, r in zip(self.harmful.tolist(), self.refusal.tolist(), strict=True)]
 
-    def eligible(self, t1_only: bool) -> np.ndarray:
-        """Row indices that may be mixed in: never excluded rows or T2; with `t1_only`, T1 rows alone."""
-        behavior = self.behavior
-        allowed = {"T1"} if t1_only else {"T1", "T3", "T4"}
-        return np.array([i for i, b in enumerate(behavior) if b in allowed and i not in self.excluded], dtype=np.int64)
+    def eligible(self, behaviors: Collection[str] = ("T1", "T3", "T4")) -> np.ndarray:
+        """Row indices of the given behavior types that may be mixed in: never excluded rows or T2."""
+        allowed = set(behaviors) - {"T2"}
+        return np.array(
+            [i for i, b in enumerate(self.behavior) if b in allowed and i not in self.excluded], dtype=np.int64
+        )
 
     def summary(self) -> dict[str, Any]:
         """Counts per behavior type and per category, where the flags came from, and why rows were excluded."""
