@@ -167,6 +167,8 @@ def test_contrast_rows_are_drawn_from_the_contrast_pools_helpful_answers(tmp_pat
     assert again == table
     everything = select_safety_mix(pool, "random-b", 6, contrast=contrast)
     assert len(everything.contrast_picks) == 4 and "the contrast pool has 4 T3 rows" in everything.notes[-1]
+    none = select_safety_mix(pool, "random-b", 2, contrast=contrast, contrast_ratio=0.1)
+    assert none.contrast_picks == [] and "rounds to 0 rows" in none.notes[-1]
     refusals_only = load_pool(write_jsonl(tmp_path / "r.jsonl", contrast_rows()[4:5]), contrast=True)
     with pytest.raises(ValueError, match="safety_mix_contrast_pool .* has no T3 row"):
         select_safety_mix(pool, "random-b", 2, contrast=refusals_only)

@@ -62,7 +62,8 @@ class SafetyMix:
         return table
 
     def summary(self) -> dict[str, Any]:
-        """The pool's typing and category counts, the selection's counts per behavior and category, shortfalls."""
+        """The pool's typing and category counts, the selection's counts per behavior and category, shortfalls, and
+        the contrast pool's typing counts (None without one)."""
         table = self.table()
         return {
             "strategy": self.strategy,
@@ -179,6 +180,8 @@ def _contrast_picks(contrast: SafetyPool, count: int, rng: np.random.Generator, 
             f"to mix in (behavior counts {counts}, {len(contrast.excluded)} excluded). Give borderline-benign requests "
             "with helpful answers."
         )
+    if count == 0:
+        notes.append("contrast: safety_mix_contrast_ratio x the selected samples rounds to 0 rows: none mixed in")
     if count > len(candidates):
         notes.append(f"contrast: {count} rows asked, the contrast pool has {len(candidates)} T3 rows: all mixed in")
     why = "contrast: random draw (benign instruction answered helpfully)"
