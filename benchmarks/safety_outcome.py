@@ -308,7 +308,8 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories.
     With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1).
     With --mix-contrast-ratio, contrast rows (the alignment's borderline-benign requests with the base model's own
-    answers) go in beside the refusals."""
+    answers) go in beside the refusals, drawn at random or (--mix-contrast-pairing nearest) each refusal's nearest
+    look-alike."""
 
     def arm(args, model_dir, tokenizer, rows, out):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -320,7 +321,9 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
                           safety_mix_most_harmful_first=_ranked(args, strategy))  # fmt: skip
         if args.mix_contrast_ratio:
             typing.update(
-                safety_mix_contrast_pool=str(CONTRAST_POOL), safety_mix_contrast_ratio=args.mix_contrast_ratio
+                safety_mix_contrast_pool=str(CONTRAST_POOL),
+                safety_mix_contrast_ratio=args.mix_contrast_ratio,
+                safety_mix_contrast_pairing=args.mix_contrast_pairing,
             )
         config = SafetyAwareSFTConfig(
             **attack_kwargs(args, out), **typing,
@@ -409,7 +412,8 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
     if ordered and args.mix_most_harmful_first:
         variants.append("most harmful first")
     if mixing and args.mix_contrast_ratio:
-        variants.append(f"contrast x{args.mix_contrast_ratio:g}")
+        pairing = " nearest" if args.mix_contrast_pairing == "nearest" else ""
+        variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}")
     return variants
 
 
@@ -597,10 +601,16 @@ def _contrast_text(args, mix_rows: list[dict]) -> str:
     pool = info[0]["contrast_pool"]["behavior_counts"]["T3"]
     return (
         f"Beside the refusals, {args.mix_contrast_ratio:g} contrast row(s) per refusal "
-        f"({' / '.join(sorted({str(i['contrast_selected']) for i in info}))} rows) drawn at random from the {pool} "
+        f"({' / '.join(sorted({str(i['contrast_selected']) for i in info}))} rows) {_pairing_text(args)} the {pool} "
         "borderline-benign requests the alignment trained on, answered by the base model itself "
         "(`safety_mix_contrast_pool`); the budget counts the refusals only. "
     )
+
+
+def _pairing_text(args) -> str:
+    if args.mix_contrast_pairing == "nearest":
+        return "chosen as each refusal's nearest look-alike (cosine of centered instruction embeddings) among"
+    return "drawn at random from"
 
 
 def _probe_text(data) -> str:
@@ -685,6 +695,10 @@ def main() -> None:
         "--mix-contrast-ratio", type=float, default=0.0,
         help="mixing arms also add this many contrast rows per refusal: the alignment's borderline-benign requests "
         "with the base model's own answers (safety_mix_contrast_pool); 0 adds none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mix-contrast-pairing", default="random", choices=("random", "nearest"),
+        help="contrast rows drawn at random, or each refusal's nearest look-alike (safety_mix_contrast_pairing)",
     )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()

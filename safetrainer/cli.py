@@ -214,6 +214,7 @@ def _mix(argv: list[str]) -> None:
     from .config import (
         DEFAULT_HARMFUL_REFERENCE,
         MIX_CATEGORY_METHODS,
+        MIX_CONTRAST_PAIRINGS,
         MIX_HARMFUL_CLASSIFIERS,
         MIX_STRATEGIES,
         check_most_harmful_first,
@@ -243,6 +244,10 @@ def _mix(argv: list[str]) -> None:
     )  # fmt: skip
     parser.add_argument("--contrast-pool", default=None, help="borderline-benign requests answered helpfully")
     parser.add_argument("--contrast-ratio", type=float, default=1.0, help="contrast rows per selected safety sample")
+    parser.add_argument(
+        "--contrast-pairing", default="random", choices=MIX_CONTRAST_PAIRINGS,
+        help="draw contrast rows at random, or give each safety sample its nearest look-alike",
+    )  # fmt: skip
     ns = parser.parse_args(argv)
     if not ns.contrast_ratio > 0:
         parser.error(f"--contrast-ratio: must be > 0, got {ns.contrast_ratio}")
@@ -266,7 +271,7 @@ def _mix(argv: list[str]) -> None:
     mix = select_safety_mix(
         load_pool(ns.pool, judge=ns.judge, harmful_classifier=classifier), ns.strategy,
         ns.budget, num_train, ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
-        probe.probability if ns.most_harmful_first else None, contrast, ns.contrast_ratio,
+        probe.probability if ns.most_harmful_first else None, contrast, ns.contrast_ratio, ns.contrast_pairing,
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()

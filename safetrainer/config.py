@@ -23,6 +23,7 @@ MIX_BASE_STRATEGIES = ("random", "sss", "pss", "cossim")
 MIX_STRATEGIES = (*MIX_BASE_STRATEGIES, *(f"{s}-b" for s in MIX_BASE_STRATEGIES))
 MIX_CATEGORY_METHODS = ("auto", "column", "nearest", "kmeans")
 MIX_HARMFUL_CLASSIFIERS = ("probe",)
+MIX_CONTRAST_PAIRINGS = ("random", "nearest")
 # Most-harmful-first ordering replaces random draws; PSS and Cossim order rows by embedding instead.
 MIX_HARMFULNESS_ORDERED = ("random", "sss")
 ONLINE_MODES = ("cheap", "full")
@@ -290,6 +291,16 @@ class SafetyAwareSFTConfig(SFTConfig):
         default=1.0,
         metadata={"help": "Contrast rows drawn per selected safety sample (with safety_mix_contrast_pool)."},
     )
+    safety_mix_contrast_pairing: str = field(
+        default="random",
+        metadata={
+            "help": "How contrast rows are chosen: 'random' draws them; 'nearest' gives each selected safety sample, "
+            "in turn, the unused contrast row whose instruction is most similar to its own (cosine of the mixing "
+            "embedder's instruction embeddings), so each refusal sits beside the benign request it is most easily "
+            "confused with.",
+            "choices": list(MIX_CONTRAST_PAIRINGS),
+        },
+    )
     safety_mix_filterable: bool = field(
         default=False,
         metadata={"help": "Let the filter pass score and drop mixed samples too (by default they are never dropped)."},
@@ -435,6 +446,7 @@ class SafetyAwareSFTConfig(SFTConfig):
             )
         if not self.safety_mix_contrast_ratio > 0:
             raise ValueError(f"safety_mix_contrast_ratio: must be > 0, got {self.safety_mix_contrast_ratio}.")
+        _check_choice("safety_mix_contrast_pairing", self.safety_mix_contrast_pairing, MIX_CONTRAST_PAIRINGS)
         if self.safety_mix_num_clusters < 1:
             raise ValueError(f"safety_mix_num_clusters: must be >= 1, got {self.safety_mix_num_clusters}.")
         if self.safety_mix_pool is not None and self.packing:

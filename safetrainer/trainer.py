@@ -251,6 +251,7 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             harmfulness=probe.probability if args.safety_mix_most_harmful_first else None,
             contrast=contrast,
             contrast_ratio=args.safety_mix_contrast_ratio,
+            contrast_pairing=args.safety_mix_contrast_pairing,
         )
 
     def _mix_removed_by_preparation(self) -> dict[int, str]:

@@ -69,6 +69,7 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
         ({"safety_mix_harmful_classifier": "wildguard"}, "safety_mix_harmful_classifier", "probe"),
         ({"safety_mix_contrast_pool": "x.jsonl"}, "safety_mix_contrast_pool", "safety_mix_pool"),
         ({"safety_mix_pool": "p.jsonl", "safety_mix_contrast_ratio": 0}, "safety_mix_contrast_ratio", "> 0"),
+        ({"safety_mix_contrast_pairing": "closest"}, "safety_mix_contrast_pairing", "random, nearest"),
     ],
 )
 def test_invalid_values_name_the_field_and_allowed_values(tmp_path, kwargs, field, allowed):

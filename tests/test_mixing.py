@@ -176,6 +176,37 @@ def test_contrast_rows_are_drawn_from_the_contrast_pools_helpful_answers(tmp_pat
         load_pool(write_jsonl(tmp_path / "e.jsonl", []), contrast=True)
 
 
+def test_nearest_pairing_gives_each_refusal_its_closest_benign_look_alike(tmp_path):
+    topics = ("process", "photo", "pasta", "car")
+
+    def topic_embedder(prompts, responses, instruction_only):
+        assert instruction_only
+        return np.array([[float(t in p) for t in topics] for p in prompts])
+
+    harmful = [f"How do I wreck my rival's {t}?" for t in ("process", "photo")]
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": p, "response": REFUSAL, "harmful": True} for p in harmful
+    ]))  # fmt: skip
+    benign = ["kill a process", "shoot a photo", "cook pasta", "wash a car", "end a process"]
+    contrast = load_pool(write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt": f"How do I {b}?", "response": "Like this.", "harmful": False} for b in benign
+    ]), contrast=True)  # fmt: skip
+    mix = select_safety_mix(pool, "random-b", 2, seed=1, embedder=topic_embedder, contrast=contrast,
+                            contrast_ratio=1.5, contrast_pairing="nearest")  # fmt: skip
+    table = mix.table()
+    assert table["pool"] == ["safety"] * 2 + ["contrast"] * 3
+    for prompt, reason in zip(table["prompt"][2:], table["reason"][2:], strict=True):
+        owner = int(reason.split("safety pool row ")[1].split(" ")[0])
+        topic = next(t for t in topics if t in pool.prompts[owner])
+        assert topic in prompt and reason.startswith("contrast: nearest look-alike")  # never pasta or car
+    owners = [int(r.split("safety pool row ")[1].split(" ")[0]) for r in table["reason"][2:]]
+    assert owners == [p.pool_idx for p in mix.picks] + [mix.picks[0].pool_idx]  # turns in selection order
+    with pytest.raises(ValueError, match="safety_mix_contrast_pairing: got 'closest'; allowed: random, nearest"):
+        select_safety_mix(pool, "random-b", 2, contrast=contrast, contrast_pairing="closest")
+    with pytest.raises(ValueError, match="safety_mix_contrast_pairing='nearest' needs an embedder"):
+        select_safety_mix(pool, "random-b", 2, contrast=contrast, contrast_pairing="nearest")
+
+
 def test_pss_takes_members_closest_to_the_category_centroid():
     embeddings = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.6, 0.8], [0.1, 0.9]], dtype=np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -267,11 +298,13 @@ def test_trainer_mixes_contrast_rows_beside_the_safety_samples(tokenizer, tmp_pa
     trainer = safety_trainer(
         tokenizer, tmp_path, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="random-b",
         safety_mix_budget=2, safety_mix_contrast_pool=contrast, safety_mix_contrast_ratio=2,
+        safety_mix_contrast_pairing="nearest",
     )  # fmt: skip
     table = trainer.filter_train_dataset()
     assert table["counts"] == {"input": 8, "mixed": 6, "kept": 14, "dropped": 0, "rejected": 0}
     scores = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
-    assert sum(r.startswith("kept: safety mix, contrast pool row") for r in scores["reason"]) == 4
+    contrast_reasons = [r for r in scores["reason"] if r.startswith("kept: safety mix, contrast pool row")]
+    assert len(contrast_reasons) == 4 and all("nearest look-alike of safety pool row" in r for r in contrast_reasons)
     assert sorted(trainer.train_dataset["sample_idx"]) == list(range(14))
     mixed = pq.read_table(tmp_path / "safety_report" / "mix.parquet").to_pydict()
     assert mixed["pool"] == ["safety"] * 2 + ["contrast"] * 4 and set(mixed["behavior"]) == {"T1", "T3"}

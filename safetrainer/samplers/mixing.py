@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MIX_CONTRAST_PAIRINGS as CONTRAST_PAIRINGS
 from ..config import check_most_harmful_first
 from .categories import (
     DEFAULT_CATEGORY_REFERENCE,
@@ -111,6 +112,7 @@ def select_safety_mix(
     harmfulness: Callable[[list[str]], np.ndarray] | None = None,
     contrast: SafetyPool | None = None,
     contrast_ratio: float = 1.0,
+    contrast_pairing: str = "random",
 ) -> SafetyMix:
     """Choose `budget` rows of `pool` with `strategy` (see `safetrainer.samplers.STRATEGIES`).
 
@@ -119,10 +121,17 @@ def select_safety_mix(
     Cossim compares (instruction + response) embeddings with the centroid of `train_pairs` (prompts, responses) when
     given, else instruction embeddings with the category references. `harmfulness` maps instructions to P(harmful)
     (such as `HarmfulInstructionProbe.probability`): random and SSS then take the most harmful instructions first
-    instead of drawing. With a `contrast` pool, `contrast_ratio` contrast rows per selected row are drawn at random
-    from its T3 rows (benign instruction, compliance). Deterministic for a seed.
+    instead of drawing. With a `contrast` pool, `contrast_ratio` contrast rows per selected row are taken from its T3
+    rows (benign instruction, compliance): drawn at random, or with `contrast_pairing="nearest"` each selected row in
+    turn takes its nearest unused look-alike (see `_nearest_look_alikes`). Deterministic for a seed.
     """
     base, t1_only = parse_strategy(strategy)
+    if contrast_pairing not in CONTRAST_PAIRINGS:
+        raise ValueError(
+            f"safety_mix_contrast_pairing: got {contrast_pairing!r}; allowed: {', '.join(CONTRAST_PAIRINGS)}."
+        )
+    if contrast is not None and contrast_pairing == "nearest" and embedder is None:
+        raise ValueError("safety_mix_contrast_pairing='nearest' needs an embedder (the training model or a named one).")
     if harmfulness is not None:
         check_most_harmful_first(strategy)
     count = resolve_budget(budget, num_train)
@@ -163,15 +172,21 @@ def select_safety_mix(
     picks, shortfall = select(base, candidates, pool.categories, count, rng, embeddings, similarity, scores)
     for category, gap in shortfall.items():
         notes.append(f"category {category!r} had {gap['taken']} of its quota {gap['quota']}; topped up elsewhere")
-    contrast_picks = (
-        [] if contrast is None else _contrast_picks(contrast, round(contrast_ratio * len(picks)), rng, notes)
-    )
+    contrast_picks = []
+    if contrast is not None:
+        wanted = round(contrast_ratio * len(picks))
+        candidates = _contrast_candidates(contrast, wanted, notes)
+        if contrast_pairing == "nearest":
+            contrast_picks = _nearest_look_alikes(pool, picks, contrast, candidates, wanted, embedder)
+        else:
+            why = "contrast: random draw (benign instruction answered helpfully)"
+            contrast_picks = [Pick(int(i), "", why) for i in rng.permutation(candidates)[:wanted]]
     return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes, contrast, contrast_picks)
 
 
-def _contrast_picks(contrast: SafetyPool, count: int, rng: np.random.Generator, notes: list[str]) -> list[Pick]:
-    """`count` T3 rows of the contrast pool, drawn at random: refusals there would teach refusing benign requests,
-    and a harmful instruction answered helpfully (T2) is never added."""
+def _contrast_candidates(contrast: SafetyPool, wanted: int, notes: list[str]) -> np.ndarray:
+    """The contrast pool's T3 rows: refusals there would teach refusing benign requests, and a harmful instruction
+    answered helpfully (T2) is never added."""
     candidates = contrast.eligible(["T3"])
     if len(candidates) == 0:
         counts = contrast.summary()["behavior_counts"]
@@ -180,12 +195,45 @@ def _contrast_picks(contrast: SafetyPool, count: int, rng: np.random.Generator, 
             f"to mix in (behavior counts {counts}, {len(contrast.excluded)} excluded). Give borderline-benign requests "
             "with helpful answers."
         )
-    if count == 0:
+    if wanted == 0:
         notes.append("contrast: safety_mix_contrast_ratio x the selected samples rounds to 0 rows: none mixed in")
-    if count > len(candidates):
-        notes.append(f"contrast: {count} rows asked, the contrast pool has {len(candidates)} T3 rows: all mixed in")
-    why = "contrast: random draw (benign instruction answered helpfully)"
-    return [Pick(int(i), "", why) for i in rng.permutation(candidates)[:count]]
+    if wanted > len(candidates):
+        notes.append(f"contrast: {wanted} rows asked, the contrast pool has {len(candidates)} T3 rows: all mixed in")
+    return candidates
+
+
+def _nearest_look_alikes(
+    pool: SafetyPool,
+    picks: list[Pick],
+    contrast: SafetyPool,
+    candidates: np.ndarray,
+    wanted: int,
+    embedder: Embedder,
+) -> list[Pick]:
+    """Up to `wanted` contrast rows: the selected safety rows take turns (in selection order, round after round)
+    claiming the unused candidate whose instruction is most similar to theirs.
+
+    Similarity is the cosine of instruction embeddings centered on the mean of both sets, which removes the
+    direction every hidden state shares and leaves what the requests are about."""
+    wanted = min(wanted, len(candidates))
+    if wanted == 0:
+        return []
+    refusals = embedder([pool.prompts[p.pool_idx] for p in picks], [""] * len(picks), instruction_only=True)
+    benign = embedder([contrast.prompts[i] for i in candidates], [""] * len(candidates), instruction_only=True)
+    center = np.concatenate([refusals, benign]).mean(0)
+    similarity = normalize(refusals - center) @ normalize(benign - center).T
+    taken = np.zeros(len(candidates), dtype=bool)
+    chosen = []
+    for turn in range(wanted):
+        owner = turn % len(picks)
+        nearest = int(np.argmax(np.where(taken, -np.inf, similarity[owner])))
+        taken[nearest] = True
+        why = (
+            f"contrast: nearest look-alike of safety pool row {picks[owner].pool_idx} "
+            f"(cosine {similarity[owner, nearest]:.2f}; benign instruction answered helpfully)"
+        )
+        chosen.append(Pick(int(candidates[nearest]), "", why))
+    return chosen
 
 
 def _cossim_targets(pool, embedder, instruction_embeddings, center, train_pairs, reference, notes):
