@@ -202,6 +202,9 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     main([*with_contrast, "--contrast-ratio", "0.5"])
     table = pq.read_table(tmp_path / "contrast" / "mix.parquet").to_pydict()
     assert table["pool"] == ["safety", "safety", "contrast"] and table["behavior"] == ["T1", "T1", "T3"]
+    main([*with_contrast, "--contrast-ratio", "0.5", "--contrast-pairing", "nearest", "--model", tiny_model_dir])
+    reason = pq.read_table(tmp_path / "contrast" / "mix.parquet").to_pydict()["reason"][2]
+    assert reason.startswith("contrast: nearest look-alike of safety pool row")
     with pytest.raises(SystemExit):
         main([*with_contrast, "--contrast-ratio", "0"])
     assert "--contrast-ratio: must be > 0" in capsys.readouterr().err
