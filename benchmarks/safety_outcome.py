@@ -45,6 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, resolve_model_path
+from safetrainer.config import MIX_CONTRAST_PAIRINGS
 from safetrainer.eval import (
     KeywordRefusalJudge,
     PromptSet,
@@ -697,7 +698,7 @@ def main() -> None:
         "with the base model's own answers (safety_mix_contrast_pool); 0 adds none",
     )  # fmt: skip
     parser.add_argument(
-        "--mix-contrast-pairing", default="random", choices=("random", "nearest"),
+        "--mix-contrast-pairing", default="random", choices=MIX_CONTRAST_PAIRINGS,
         help="contrast rows drawn at random, or each refusal's nearest look-alike (safety_mix_contrast_pairing)",
     )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
