@@ -175,12 +175,12 @@ def select_safety_mix(
     contrast_picks = []
     if contrast is not None:
         wanted = round(contrast_ratio * len(picks))
-        candidates = _contrast_candidates(contrast, wanted, notes)
+        benign_rows = _contrast_candidates(contrast, wanted, notes)
         if contrast_pairing == "nearest":
-            contrast_picks = _nearest_look_alikes(pool, picks, contrast, candidates, wanted, embedder)
+            contrast_picks = _nearest_look_alikes(pool, picks, contrast, benign_rows, wanted, embedder)
         else:
             why = "contrast: random draw (benign instruction answered helpfully)"
-            contrast_picks = [Pick(int(i), "", why) for i in rng.permutation(candidates)[:wanted]]
+            contrast_picks = [Pick(int(i), "", why) for i in rng.permutation(benign_rows)[:wanted]]
     return SafetyMix(pool, strategy, count, seed, picks, shortfall, notes, contrast, contrast_picks)
 
 
