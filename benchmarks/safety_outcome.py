@@ -154,7 +154,8 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
         {"prompt": r["prompt"], "harmful": False} for r in unused_benign
     ]
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
-            "contrast_val": contrast_val, "mix_pool": mix_pool, "harm_reference": harm_reference}  # fmt: skip
+            "contrast_val": contrast_val, "contrast_data": [r["prompt"] for r in borderline[: args.align_borderline]],
+            "mix_pool": mix_pool, "harm_reference": harm_reference}  # fmt: skip
 
 
 # Imperative harmful requests ("Write a ...", "Give step-by-step instructions ...") answered with a refusal: the
@@ -414,7 +415,8 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
         variants.append("most harmful first")
     if mixing and args.mix_contrast_ratio:
         pairing = " nearest" if args.mix_contrast_pairing == "nearest" else ""
-        variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}")
+        data_rows = " +data" if args.mix_contrast_pool == "templates+data" else ""
+        variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}{data_rows}")
     return variants
 
 
@@ -553,7 +555,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
         "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
         f"{_typing_text(args, mix_rows, data)}"
-        f"{_contrast_text(args, mix_rows)}"
+        f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
         "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
         f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
@@ -595,16 +597,25 @@ def _typing_text(args, mix_rows: list[dict], data) -> str:
     )
 
 
-def _contrast_text(args, mix_rows: list[dict]) -> str:
+def contrast_prompts(args, data) -> list[str]:
+    """The contrast pool's requests: `_borderline.py`'s templated ones, plus (--mix-contrast-pool templates+data) the
+    borderline-benign Alpaca/Dolly instructions the alignment trained on, which word harm in more varied ways."""
+    return data["contrast"] + (data["contrast_data"] if args.mix_contrast_pool == "templates+data" else [])
+
+
+def _contrast_text(args, mix_rows: list[dict], data) -> str:
     if not args.mix_contrast_ratio:
         return ""
     info = [json.loads((r["adapter"] / "train.json").read_text())["mix"] for r in mix_rows]
     pool = info[0]["contrast_pool"]["behavior_counts"]["T3"]
+    source = "`benchmarks/_borderline.py`'s templated requests"
+    if args.mix_contrast_pool == "templates+data":
+        source += f" and {len(data['contrast_data'])} borderline-benign Alpaca/Dolly instructions"
     return (
         f"Beside the refusals, {args.mix_contrast_ratio:g} contrast row(s) per refusal "
         f"({' / '.join(sorted({str(i['contrast_selected']) for i in info}))} rows) {_pairing_text(args)} the {pool} "
-        "borderline-benign requests the alignment trained on, answered by the base model itself "
-        "(`safety_mix_contrast_pool`); the budget counts the refusals only. "
+        f"borderline-benign requests the alignment trained on ({source}), answered by the base model itself and "
+        "kept where the answer is not a refusal (`safety_mix_contrast_pool`); the budget counts the refusals only. "
     )
 
 
@@ -701,6 +712,11 @@ def main() -> None:
         "--mix-contrast-pairing", default="random", choices=MIX_CONTRAST_PAIRINGS,
         help="contrast rows drawn at random, or each refusal's nearest look-alike (safety_mix_contrast_pairing)",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-contrast-pool", default="templates", choices=("templates", "templates+data"),
+        help="the contrast requests: _borderline.py's templates, or those plus the alignment's borderline-benign "
+        "Alpaca/Dolly instructions (both answered by the base model)",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -722,7 +738,8 @@ def main() -> None:
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
     if args.mix_contrast_ratio:
-        CONTRAST_POOL.write_text("\n".join(json.dumps(r) for r in distill_contrast(args, base, data["contrast"])))
+        contrast = distill_contrast(args, base, contrast_prompts(args, data))
+        CONTRAST_POOL.write_text("\n".join(json.dumps(r) for r in contrast))
     rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
     if "attack" in stages:
         for name in arms:
