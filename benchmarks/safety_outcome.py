@@ -323,7 +323,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
                           safety_mix_most_harmful_first=_ranked(args, strategy))  # fmt: skip
         if args.mix_contrast_ratio:
             typing.update(
-                safety_mix_contrast_pool=str(CONTRAST_POOL),
+                safety_mix_contrast_pool=str(contrast_pool_path(args)),
                 safety_mix_contrast_ratio=args.mix_contrast_ratio,
                 safety_mix_contrast_pairing=args.mix_contrast_pairing,
             )
@@ -343,7 +343,15 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
 MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
 MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows without the label column
 HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
-CONTRAST_POOL = RESULTS / "contrast_pool.jsonl"  # the alignment's self-distilled borderline-benign answers
+
+
+def contrast_pool_path(args) -> Path:
+    """The self-distilled contrast pool's file, one per --mix-contrast-pool choice, so runs with different pools
+    never read each other's."""
+    suffix = "" if args.mix_contrast_pool == "templates" else f"_{_slug(args.mix_contrast_pool)}"
+    return RESULTS / f"contrast_pool{suffix}.jsonl"
+
+
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
 MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
 MIX_SEEDS = (0, 1, 2)
@@ -739,7 +747,7 @@ def main() -> None:
     aligned = align(args, base, data)
     if args.mix_contrast_ratio:
         contrast = distill_contrast(args, base, contrast_prompts(args, data))
-        CONTRAST_POOL.write_text("\n".join(json.dumps(r) for r in contrast))
+        contrast_pool_path(args).write_text("\n".join(json.dumps(r) for r in contrast))
     rows.append({"label": "aligned", "metrics": measure(args, "aligned", aligned, None, data)})
     if "attack" in stages:
         for name in arms:
