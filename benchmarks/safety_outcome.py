@@ -423,7 +423,7 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
         variants.append("most harmful first")
     if mixing and args.mix_contrast_ratio:
         pairing = " nearest" if args.mix_contrast_pairing == "nearest" else ""
-        data_rows = " +data" if args.mix_contrast_pool == "templates+data" else ""
+        data_rows = " +data" if _contrast_with_data(args) else ""
         variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}{data_rows}")
     return variants
 
@@ -605,10 +605,14 @@ def _typing_text(args, mix_rows: list[dict], data) -> str:
     )
 
 
+def _contrast_with_data(args) -> bool:
+    return args.mix_contrast_pool == "templates+data"
+
+
 def contrast_prompts(args, data) -> list[str]:
     """The contrast pool's requests: `_borderline.py`'s templated ones, plus (--mix-contrast-pool templates+data) the
     borderline-benign Alpaca/Dolly instructions the alignment trained on, which word harm in more varied ways."""
-    return data["contrast"] + (data["contrast_data"] if args.mix_contrast_pool == "templates+data" else [])
+    return data["contrast"] + (data["contrast_data"] if _contrast_with_data(args) else [])
 
 
 def _contrast_text(args, mix_rows: list[dict], data) -> str:
@@ -617,7 +621,7 @@ def _contrast_text(args, mix_rows: list[dict], data) -> str:
     info = [json.loads((r["adapter"] / "train.json").read_text())["mix"] for r in mix_rows]
     pool = info[0]["contrast_pool"]["behavior_counts"]["T3"]
     source = "`benchmarks/_borderline.py`'s templated requests"
-    if args.mix_contrast_pool == "templates+data":
+    if _contrast_with_data(args):
         source += f" and {len(data['contrast_data'])} borderline-benign Alpaca/Dolly instructions"
     return (
         f"Beside the refusals, {args.mix_contrast_ratio:g} contrast row(s) per refusal "
