@@ -141,8 +141,12 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     rng.shuffle(align)
     heldout = pairs(rest[args.align_benign : args.align_benign + args.utility_n])
     contrast_train, contrast_val = borderline_requests()
-    # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use.
-    mix_pool = [{**r, "label": "refusal"} for r in pairs(refusals[args.align_refusals :])]
+    # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use, or (--mix-pool instructions)
+    # imperative harmful requests with a refusal.
+    mix_pool = pairs(refusals[args.align_refusals :])
+    if args.mix_pool == "instructions":
+        mix_pool = instruction_pool(instructions, args.align_instructions)
+    mix_pool = [{**r, "label": "refusal"} for r in mix_pool]
     # Reference prompts for --mix-typing probe, none used elsewhere: the HarmBench-deduplicated harmful instructions
     # the alignment did not use plus Do-Not-Answer's harmful questions, against benign rows of every style.
     do_not_answer = [r["prompt"] for r in read_jsonl("do_not_answer/do_not_answer.norm.jsonl")]
@@ -185,6 +189,24 @@ def harmful_instructions(rng: random.Random) -> list[dict]:
                 rows.append(item["instruction"])
     rng.shuffle(rows)
     return [{"prompt": p, "response": INSTRUCTION_REFUSALS[i % len(INSTRUCTION_REFUSALS)]} for i, p in enumerate(rows)]
+
+
+def instruction_pool(instructions: list[dict], n_aligned: int) -> list[dict]:
+    """The refusal-direction instructions the alignment did not use, then AdvBench's, each with a refusal.
+
+    AdvBench repeats itself (many bomb and hacking variants), so an AdvBench instruction joins only when its word set
+    is within Jaccard 0.5 of no HarmBench behavior, no refusal-direction instruction and no instruction already in.
+    """
+    kept = [word_set(r["prompt"]) for r in instructions]
+    avoid = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    rows = list(instructions[n_aligned:])
+    for r in read_jsonl("advbench/advbench.norm.jsonl"):
+        words = word_set(r["prompt"])
+        if max(len(words & o) / max(len(words | o), 1) for o in avoid + kept) < 0.5:
+            kept.append(words)
+            refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
+            rows.append({"prompt": r["prompt"], "response": refusal})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,7 +329,8 @@ def filter_arm(doc: str, **safety) -> Callable:
 
 def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
-    Safety-Tuned LLaMAs refusals; categories inferred by nearest prototype of the BeaverTails sample's categories.
+    Safety-Tuned LLaMAs refusals (--mix-pool instructions: imperative harmful instructions); categories inferred by
+    nearest prototype of the BeaverTails sample's categories.
     With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1).
     With --mix-contrast-ratio, contrast rows (the alignment's borderline-benign requests with the base model's own
     answers) go in beside the refusals, drawn at random or (--mix-contrast-pairing nearest) each refusal's nearest
@@ -315,7 +338,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
 
     def arm(args, model_dir, tokenizer, rows, out):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        typing = {"safety_mix_pool": str(MIX_POOL)}
+        typing = {"safety_mix_pool": str(mix_pool_path(args))}
         if args.mix_typing == "probe":
             typing = {"safety_mix_pool": str(MIX_POOL_UNLABELLED), "safety_mix_harmful_classifier": "probe"}
         if args.mix_typing == "probe" or _ranked(args, strategy):
@@ -340,9 +363,13 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     return arm
 
 
-MIX_POOL = RESULTS / "mix_pool.jsonl"  # written by main() from build_data's "mix_pool" rows
 MIX_POOL_UNLABELLED = RESULTS / "mix_pool_unlabelled.jsonl"  # the same rows without the label column
 HARM_REFERENCE = RESULTS / "harm_reference.jsonl"  # build_data's "harm_reference" rows
+
+
+def mix_pool_path(args) -> Path:
+    """build_data's "mix_pool" rows, one file per --mix-pool choice (written by main())."""
+    return RESULTS / ("mix_pool.jsonl" if args.mix_pool == "stl" else f"mix_pool_{args.mix_pool}.jsonl")
 
 
 def contrast_pool_path(args) -> Path:
@@ -421,6 +448,8 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
         variants.append(f"{args.mix_typing} typing")
     if ordered and args.mix_most_harmful_first:
         variants.append("most harmful first")
+    if mixing and args.mix_pool != "stl":
+        variants.append(f"{args.mix_pool} pool")
     if mixing and args.mix_contrast_ratio:
         pairing = " nearest" if args.mix_contrast_pairing == "nearest" else ""
         data_rows = " +data" if _contrast_with_data(args) else ""
@@ -559,9 +588,8 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
         f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}"
         f"{', loss on prompt and completion' if args.attack_prompt_loss else ''}) plus a budget of "
-        "refusals chosen from the "
-        f"{len(data['mix_pool'])} Safety-Tuned LLaMAs refusals the alignment did not use "
-        "(categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states). "
+        f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} (categories inferred by nearest "
+        "prototype of the BeaverTails sample's 14 categories, model hidden states). "
         f"{_typing_text(args, mix_rows, data)}"
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
@@ -585,6 +613,16 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
             f"| {over:.1%} | {100 * (over - base_over):+.1f} | {np.mean([m['utility_nll'] for m in runs]):.3f} |"
         )
     return "\n".join(lines)
+
+
+def _pool_text(args) -> str:
+    if args.mix_pool == "instructions":
+        return (
+            "imperative harmful instructions (the refusal-direction instructions the alignment did not use, then the "
+            "AdvBench instructions whose word-set Jaccard similarity to every HarmBench behavior, refusal-direction "
+            "instruction and earlier pool row is below 0.5), each with one of the alignment's templated refusals"
+        )
+    return "Safety-Tuned LLaMAs refusals the alignment did not use"
 
 
 def _typing_text(args, mix_rows: list[dict], data) -> str:
@@ -729,6 +767,11 @@ def main() -> None:
         help="the contrast requests: _borderline.py's templates, or those plus the alignment's borderline-benign "
         "Alpaca/Dolly instructions (both answered by the base model)",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-pool", default="stl", choices=("stl", "instructions"),
+        help="the mixing pool: the Safety-Tuned LLaMAs refusals the alignment did not use (mostly questions), or "
+        "imperative harmful instructions (unused refusal-direction ones, then de-duplicated AdvBench) with a refusal",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -737,14 +780,20 @@ def main() -> None:
     stages = set(args.stages.split(","))
     groups = {"filter": FILTER_ARMS, "mix": [a for a in ARMS if a not in FILTER_ARMS]}
     arms = [arm for a in args.arms.split(",") if a for arm in groups.get(a, [a])]
+    if args.mix_pool == "instructions" and (args.mix_typing == "probe" or args.mix_most_harmful_first):
+        # the probe's harmful reference holds the unused refusal-direction instructions, which this pool contains
+        parser.error(
+            "--mix-pool instructions: the probe options (--mix-typing probe, --mix-most-harmful-first) fit on "
+            "rows of this pool; use --mix-pool stl with them"
+        )
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown arm {unknown[0]!r}; names: filter, mix, {', '.join(FILTER_ARMS)}, mix ...")
 
     base = resolve_model_path()
     data = build_data(args, AutoTokenizer.from_pretrained(base))
-    MIX_POOL.parent.mkdir(parents=True, exist_ok=True)
-    MIX_POOL.write_text("\n".join(json.dumps(r) for r in data["mix_pool"]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    mix_pool_path(args).write_text("\n".join(json.dumps(r) for r in data["mix_pool"]))
     MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
     HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
