@@ -250,13 +250,14 @@ def word_set(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
+def max_jaccard(words: set[str], others: list[set[str]]) -> float:
+    """The highest Jaccard similarity of one word set to any of `others` (0 when there are none)."""
+    return max((len(words & o) / max(len(words | o), 1) for o in others), default=0.0)
+
+
 def overlap_with(prompts: list[str], others: list[str]) -> dict:
     """Exact matches and the highest word-set Jaccard similarity of any prompt to any of `others`."""
     other_sets = [word_set(o) for o in others]
     normalized = {o.strip().lower() for o in others}
-    best = 0.0
-    for p in prompts:
-        w = word_set(p)
-        for o in other_sets:
-            best = max(best, len(w & o) / max(len(w | o), 1))
+    best = max((max_jaccard(word_set(p), other_sets) for p in prompts), default=0.0)
     return {"exact": sum(p.strip().lower() in normalized for p in prompts), "max_jaccard": round(best, 3)}

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _borderline import borderline_requests, overlap_with, word_set
+from _borderline import borderline_requests, max_jaccard, overlap_with, word_set
 from _report import read_shared_jsonl as read_jsonl
 from _report import write_section
 from datasets import Dataset
@@ -184,8 +184,7 @@ def harmful_instructions(rng: random.Random) -> list[dict]:
     for split in ("harmful_train", "harmful_val"):
         path = shared_data_dir() / "refusal_direction" / "splits" / f"{split}.json"
         for item in json.loads(path.read_text()):
-            words = word_set(item["instruction"])
-            if max(len(words & h) / max(len(words | h), 1) for h in harmbench) < 0.5:
+            if max_jaccard(word_set(item["instruction"]), harmbench) < 0.5:
                 rows.append(item["instruction"])
     rng.shuffle(rows)
     return [{"prompt": p, "response": INSTRUCTION_REFUSALS[i % len(INSTRUCTION_REFUSALS)]} for i, p in enumerate(rows)]
@@ -202,7 +201,7 @@ def instruction_pool(instructions: list[dict], n_aligned: int) -> list[dict]:
     rows = list(instructions[n_aligned:])
     for r in read_jsonl("advbench/advbench.norm.jsonl"):
         words = word_set(r["prompt"])
-        if max(len(words & o) / max(len(words | o), 1) for o in avoid + kept) < 0.5:
+        if max_jaccard(words, avoid + kept) < 0.5:
             kept.append(words)
             refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
             rows.append({"prompt": r["prompt"], "response": refusal})
