@@ -193,8 +193,8 @@ def harmful_instructions(rng: random.Random) -> list[dict]:
 def instruction_pool(instructions: list[dict], n_aligned: int) -> list[dict]:
     """The refusal-direction instructions the alignment did not use, then AdvBench's, each with a refusal.
 
-    AdvBench repeats itself (many bomb and hacking variants), so an AdvBench instruction joins only when its word set
-    is within Jaccard 0.5 of no HarmBench behavior, no refusal-direction instruction and no instruction already in.
+    AdvBench repeats itself (many bomb and hacking variants), so an AdvBench instruction joins only when its word-set
+    Jaccard similarity to every HarmBench behavior, refusal-direction instruction and earlier pool row is below 0.5.
     """
     kept = [word_set(r["prompt"]) for r in instructions]
     avoid = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
@@ -793,7 +793,8 @@ def main() -> None:
     data = build_data(args, AutoTokenizer.from_pretrained(base))
     RESULTS.mkdir(parents=True, exist_ok=True)
     mix_pool_path(args).write_text("\n".join(json.dumps(r) for r in data["mix_pool"]))
-    MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
+    if args.mix_typing == "probe":  # only STL runs take it (main() refuses the probe with the instructions pool)
+        MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
     HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
