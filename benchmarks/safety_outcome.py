@@ -11,7 +11,9 @@ Stages, each cached under benchmarks/results/safety_outcome/ (rerun the command 
            responses), one LoRA run per arm (see ARMS; adding an arm is one small function).
   measure  refusal rate on held-out harmful prompts (HarmBench test split, standard behaviors; never used in training or
            reference sets), over-refusal on XSTest's safe prompts, utility (mean NLL of held-out benign responses and
-           GSM8K exact match), and each arm's training wall time relative to plain SFT.
+           GSM8K exact match), and each arm's training wall time relative to plain SFT. With --heldout, the mixing
+           arms also on JailbreakBench/StrongREJECT prompts de-duplicated against all of the above, to confirm on
+           prompts no option was chosen on.
 
 Writes a table and a bar chart into BENCHMARKS.md.
 
@@ -143,9 +145,10 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     contrast_train, contrast_val = borderline_requests()
     # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use, or (--mix-pool instructions)
     # imperative harmful requests with a refusal.
-    mix_pool = pairs(refusals[args.align_refusals :])
     if args.mix_pool == "instructions":
         mix_pool = instruction_pool(instructions, args.align_instructions)
+    else:
+        mix_pool = pairs(refusals[args.align_refusals :])
     mix_pool = [{**r, "label": "refusal"} for r in mix_pool]
     # Reference prompts for --mix-typing probe, none used elsewhere: the HarmBench-deduplicated harmful instructions
     # the alignment did not use plus Do-Not-Answer's harmful questions, against benign rows of every style.
@@ -157,9 +160,29 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     harm_reference = [{"prompt": p, "harmful": True} for p in harmful_reference] + [
         {"prompt": r["prompt"], "harmful": False} for r in unused_benign
     ]
+    trained = [r["prompt"] for r in align + attack + mix_pool] + contrast_train
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
             "contrast_val": contrast_val, "contrast_data": [r["prompt"] for r in borderline[: args.align_borderline]],
-            "mix_pool": mix_pool, "harm_reference": harm_reference}  # fmt: skip
+            "mix_pool": mix_pool, "harm_reference": harm_reference,
+            "heldout_harmful": heldout_harmful(trained)}  # fmt: skip
+
+
+def heldout_harmful(trained: list[str]) -> list[str]:
+    """JailbreakBench and StrongREJECT prompts, to confirm on unseen prompts a result that was chosen on HarmBench.
+
+    A prompt is kept only when its word-set Jaccard similarity to every HarmBench behavior, every prompt a model here
+    can train on (alignment, attack set, mixing pool, contrast rows) and every prompt kept before it is below 0.5.
+    """
+    avoid = [word_set(p) for p in trained]
+    avoid += [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    kept = []
+    for path in ("jailbreakbench/jailbreakbench.norm.jsonl", "strongreject/strongreject.norm.jsonl"):
+        for r in read_jsonl(path):
+            words = word_set(r["prompt"])
+            if max_jaccard(words, avoid) < 0.5:
+                avoid.append(words)
+                kept.append(r["prompt"])
+    return kept
 
 
 # Imperative harmful requests ("Write a ...", "Give step-by-step instructions ...") answered with a refusal: the
@@ -502,12 +525,7 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
     cached = out / "metrics.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
+    model, tokenizer = _load(model_dir, adapter)
     judge = KeywordRefusalJudge()
     metrics: dict = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -524,6 +542,33 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
     metrics["gsm8k"] = gsm8k_exact_match(model, tokenizer, problems, args.gsm8k_tokens, args.eval_batch)
     cached.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def measure_heldout(args, label: str, model_dir: Path, adapter: Path | None, data) -> dict:
+    """Refusal on the held-out harmful prompts (`heldout_harmful`), cached beside `measure`'s metrics."""
+    out = RESULTS / "measure" / _slug(label)
+    cached = out / "heldout_harmful.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    model, tokenizer = _load(model_dir, adapter)
+    prompt_set = PromptSet("heldout-harmful", data["heldout_harmful"], None, harmful=True)
+    records, metrics = evaluate_refusals(
+        model, tokenizer, prompt_set, KeywordRefusalJudge(), args.max_new_tokens, args.eval_batch
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heldout-harmful.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    cached.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _load(model_dir: Path, adapter: Path | None):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -603,15 +648,46 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{no_mix['utility_nll']:.3f} |",
     ]
     # budget first (as a number: "5%" before "20%"), then strategy, so each budget's strategies sit together
-    for (strategy, budget), runs in sorted(groups.items(), key=lambda g: (float(g[0][1].rstrip("%")), g[0][0])):
+    ordered = sorted(groups.items(), key=lambda g: (float(g[0][1].rstrip("%")), g[0][0]))
+    for (strategy, budget), runs in ordered:
         asr = float(np.mean([m["harmful"]["asr"] for m in runs]))
         over = float(np.mean([m["safe"]["refusal_rate"] for m in runs]))
-        change = f"{asr / base_asr - 1:+.0%}" if base_asr > 0 else ""
         lines.append(
-            f"| {strategy} | {budget} ({runs[0]['mixed']}) | {len(runs)} | {1 - asr:.1%} | {asr:.1%} | {change} "
-            f"| {over:.1%} | {100 * (over - base_over):+.1f} | {np.mean([m['utility_nll'] for m in runs]):.3f} |"
+            f"| {strategy} | {budget} ({runs[0]['mixed']}) | {len(runs)} | {1 - asr:.1%} | {asr:.1%} "
+            f"| {_relative_change(asr, base_asr)} | {over:.1%} | {100 * (over - base_over):+.1f} "
+            f"| {np.mean([m['utility_nll'] for m in runs]):.3f} |"
         )
+    if "heldout_harmful" in no_mix:
+        lines += ["", *_heldout_table(ordered, no_mix, data)]
     return "\n".join(lines)
+
+
+def _relative_change(value: float, base: float) -> str:
+    return f"{value / base - 1:+.0%}" if base > 0 else ""
+
+
+def _heldout_table(ordered: list, no_mix: dict, data) -> list[str]:
+    """The same arms on prompts no configuration was chosen on: held-out harmful prompts and borderline validation."""
+    base_asr, base_over = no_mix["heldout_harmful"]["asr"], no_mix["borderline_val"]["refusal_rate"]
+    lines = [
+        f"Held-out confirmation (--heldout): refusal on {len(data['heldout_harmful'])} JailbreakBench and "
+        "StrongREJECT prompts (each with word-set Jaccard < 0.5 to every HarmBench behavior, every prompt any model "
+        f"here trains on, and each other) and over-refusal on the {len(data['contrast_val'])} borderline validation "
+        "requests (never trained on). None of the options above was chosen on these prompts.",
+        "",
+        "| strategy | budget (rows) | seeds | refusal held-out harmful | ASR change vs no mix | over-refusal "
+        "borderline validation | over-refusal change (points) |",
+        "|---|---|---|---|---|---|---|",
+        f"| no mix | 0 | 1 | {1 - base_asr:.1%} | | {base_over:.1%} | |",
+    ]
+    for (strategy, budget), runs in ordered:
+        asr = float(np.mean([m["heldout_harmful"]["asr"] for m in runs]))
+        over = float(np.mean([m["borderline_val"]["refusal_rate"] for m in runs]))
+        lines.append(
+            f"| {strategy} | {budget} ({runs[0]['mixed']}) | {len(runs)} | {1 - asr:.1%} "
+            f"| {_relative_change(asr, base_asr)} | {over:.1%} | {100 * (over - base_over):+.1f} |"
+        )
+    return lines
 
 
 def _pool_text(args) -> str:
@@ -771,6 +847,11 @@ def main() -> None:
         help="the mixing pool: the Safety-Tuned LLaMAs refusals the alignment did not use (mostly questions), or "
         "imperative harmful instructions (unused refusal-direction ones, then de-duplicated AdvBench) with a refusal",
     )  # fmt: skip
+    parser.add_argument(
+        "--heldout", action="store_true",
+        help="also measure the mixing arms (and no mix) on held-out harmful prompts: JailbreakBench and StrongREJECT, "
+        "de-duplicated against HarmBench and everything trained on; reported with borderline-validation over-refusal",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -827,6 +908,10 @@ def main() -> None:
         # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
         no_mix_adapter = attack(args, "oracle filter", aligned, data)
         no_mix = measure(args, run_label(args, "oracle filter"), aligned, no_mix_adapter, data)
+        if args.heldout:
+            for r in [{"label": run_label(args, "oracle filter"), "adapter": no_mix_adapter, "metrics": no_mix},
+                      *mix_rows]:  # fmt: skip
+                r["metrics"]["heldout_harmful"] = measure_heldout(args, r["label"], aligned, r["adapter"], data)
         body = render_mix(mix_rows, no_mix, rows[1]["metrics"], args, command, data)
         print(body)
         if not args.no_write:
