@@ -526,16 +526,12 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
     if cached.is_file():
         return json.loads(cached.read_text())
     model, tokenizer = _load(model_dir, adapter)
-    judge = KeywordRefusalJudge()
     metrics: dict = {}
-    out.mkdir(parents=True, exist_ok=True)
     contrast_val = PromptSet("borderline-validation", data["contrast_val"], None, harmful=False)
     for key, prompt_set in (("harmful", load_prompts("harmbench", args.eval_limit)),
                             ("safe", load_prompts("xstest-safe", args.eval_limit)),
                             ("borderline_val", contrast_val)):  # fmt: skip
-        records, m = evaluate_refusals(model, tokenizer, prompt_set, judge, args.max_new_tokens, args.eval_batch)
-        metrics[key] = m
-        (out / f"{prompt_set.name}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+        metrics[key] = _refusals(args, model, tokenizer, prompt_set, out)
     metrics["utility_nll"] = response_nll(model, tokenizer, [(r["prompt"], r["response"]) for r in data["heldout"]],
                                           max_length=args.max_length)  # fmt: skip
     problems = read_jsonl("gsm8k/test.jsonl")[: args.gsm8k_n]
@@ -552,12 +548,18 @@ def measure_heldout(args, label: str, model_dir: Path, adapter: Path | None, dat
         return json.loads(cached.read_text())
     model, tokenizer = _load(model_dir, adapter)
     prompt_set = PromptSet("heldout-harmful", data["heldout_harmful"], None, harmful=True)
+    metrics = _refusals(args, model, tokenizer, prompt_set, out)
+    cached.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _refusals(args, model, tokenizer, prompt_set: PromptSet, out: Path) -> dict:
+    """Keyword-judged refusal metrics on one prompt set; every completion goes to `out/<set name>.jsonl`."""
     records, metrics = evaluate_refusals(
         model, tokenizer, prompt_set, KeywordRefusalJudge(), args.max_new_tokens, args.eval_batch
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heldout-harmful.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    cached.write_text(json.dumps(metrics, indent=2))
+    (out / f"{prompt_set.name}.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     return metrics
 
 
