@@ -871,6 +871,8 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown arm {unknown[0]!r}; names: filter, mix, {', '.join(FILTER_ARMS)}, mix ...")
+    if args.heldout and all(a in FILTER_ARMS for a in arms):
+        parser.error("--heldout: confirms mixing arms only; add mixing arms to --arms (e.g. 'mix sss-b 20% seed 0')")
 
     base = resolve_model_path()
     data = build_data(args, AutoTokenizer.from_pretrained(base))
