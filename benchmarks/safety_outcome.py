@@ -58,6 +58,7 @@ from safetrainer.eval import (
     response_nll,
     shared_data_dir,
 )
+from safetrainer.samplers.strategies import CATEGORY_STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "safety_outcome"
@@ -376,6 +377,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
             **attack_kwargs(args, out), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
             safety_mix_category_reference=str(shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"),
+            safety_mix_category_min_similarity=args.mix_category_min_similarity,
         )  # fmt: skip
         benign = [r for r in rows if not r["harmful"]]
         return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(benign)),
@@ -402,6 +404,9 @@ def contrast_pool_path(args) -> Path:
 
 
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
+# Inferred categories left rows below this cosine uncategorized until the library default became "every row
+# categorized"; the benchmark keeps it as its default so the cached arms of the recorded sections stay valid.
+RECORDED_CATEGORY_MIN_SIMILARITY = 0.2
 MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
 MIX_SEEDS = (0, 1, 2)
 
@@ -449,7 +454,8 @@ def run_label(args, name: str) -> str:
     # The pool holds keyword refusals only, so typing moves rows between T1 and T4, which only "-b" strategies tell
     # apart: the other strategies choose the same rows either way and keep their cache entries.
     strategy = name.split(" ")[1] if name.startswith("mix ") else ""
-    variants = _variants(args, strategy.endswith("-b"), _ranked(args, strategy), mixing=bool(strategy))
+    categorized = strategy.removesuffix("-b") in CATEGORY_STRATEGIES
+    variants = _variants(args, strategy.endswith("-b"), _ranked(args, strategy), bool(strategy), categorized)
     return name + "".join(f" ({v})" for v in variants)
 
 
@@ -458,9 +464,10 @@ def _ranked(args, strategy: str) -> bool:
     return args.mix_most_harmful_first and strategy.removesuffix("-b") == "sss"
 
 
-def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
+def _variants(args, typed: bool, ordered: bool, mixing: bool, categorized: bool) -> list[str]:
     """What differs from the default run: attack epochs, attack learning rate, (when `typed`) the pool typing, (when
-    `ordered`) most-harmful-first ordering and (when `mixing`) contrast rows."""
+    `ordered`) most-harmful-first ordering, (when `mixing`) the pool and contrast rows and (when `categorized`) the
+    minimum category similarity."""
     variants = [] if args.attack_epochs == ATTACK_EPOCHS else [f"{args.attack_epochs:g} attack epochs"]
     if args.attack_lr != ATTACK_LR:
         variants.append(_attack_lr_text(args))
@@ -476,7 +483,18 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool) -> list[str]:
         pairing = " nearest" if args.mix_contrast_pairing == "nearest" else ""
         data_rows = " +data" if _contrast_with_data(args) else ""
         variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}{data_rows}")
+    if categorized and args.mix_category_min_similarity != RECORDED_CATEGORY_MIN_SIMILARITY:
+        variants.append(_category_text(args, short=True))
     return variants
+
+
+def _category_text(args, short: bool = False) -> str:
+    """How inferred categories treat rows far from every prototype."""
+    if args.mix_category_min_similarity is None:
+        return "every row categorized" if short else "every row takes its nearest category"
+    if short:
+        return f"category min similarity {args.mix_category_min_similarity:g}"
+    return f"rows below cosine {args.mix_category_min_similarity:g} to every prototype uncategorized"
 
 
 def _attack_lr_text(args) -> str:
@@ -635,7 +653,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}"
         f"{', loss on prompt and completion' if args.attack_prompt_loss else ''}) plus a budget of "
         f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} (categories inferred by nearest "
-        "prototype of the BeaverTails sample's 14 categories, model hidden states). "
+        f"prototype of the BeaverTails sample's 14 categories, model hidden states; {_category_text(args)}). "
         f"{_typing_text(args, mix_rows, data)}"
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
@@ -854,6 +872,12 @@ def main() -> None:
         help="also measure the mixing arms (and no mix) on held-out harmful prompts: JailbreakBench and StrongREJECT, "
         "de-duplicated against HarmBench and everything trained on; reported with borderline-validation over-refusal",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-category-min-similarity", type=_similarity_or_none, default=RECORDED_CATEGORY_MIN_SIMILARITY,
+        help="sss/pss/cossim arms: below this prototype cosine a pool row is uncategorized "
+        "(safety_mix_category_min_similarity); 'none' = every row takes its nearest category, the library default. "
+        f"Default {RECORDED_CATEGORY_MIN_SIMILARITY:g}, the setting of the mixing sections recorded before the option",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -923,10 +947,14 @@ def main() -> None:
             write_variant_section(args, MIX_MARK, title, body, mixing=True)
 
 
+def _similarity_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)
+
+
 def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
     """A run at non-default attack settings (or, for mixing, --mix-typing / --mix-most-harmful-first) writes a
     section of its own instead of replacing the default one."""
-    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing, mixing=mixing))
+    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing, mixing=mixing, categorized=mixing))
     if variants:
         mark, title = f"{mark}-{_slug(variants)}", f"{title} ({variants})"
     write_section(mark, title, body)

@@ -217,6 +217,7 @@ def _mix(argv: list[str]) -> None:
         MIX_CONTRAST_PAIRINGS,
         MIX_HARMFUL_CLASSIFIERS,
         MIX_STRATEGIES,
+        check_category_min_similarity,
         check_most_harmful_first,
     )
 
@@ -229,6 +230,10 @@ def _mix(argv: list[str]) -> None:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--categories", default="auto", choices=MIX_CATEGORY_METHODS)
     parser.add_argument("--category-reference", default=None, help="prompt/category rows (default: built-in)")
+    parser.add_argument(
+        "--category-min-similarity", type=float, default=None,
+        help="with --categories nearest: below this prototype cosine a prompt is 'uncategorized' (default: none)",
+    )  # fmt: skip
     parser.add_argument("--num-clusters", type=int, default=14)
     parser.add_argument("--model", default=None, help="model whose hidden states embed (default: SmolLM2-135M)")
     parser.add_argument("--embedder", default=None, help="a sentence-transformers model id instead of --model")
@@ -263,6 +268,7 @@ def _mix(argv: list[str]) -> None:
     embedder = SentenceEmbedder(ns.embedder) if ns.embedder else _LazyModelEmbedder(ns.model)
     if ns.most_harmful_first:
         check_most_harmful_first(ns.strategy)  # before the pool is typed and embedded
+    check_category_min_similarity(ns.category_min_similarity)
     probe = HarmfulInstructionProbe(embedder, ns.harmful_reference)
     classifier = probe if ns.harmful_classifier else None
     contrast = None
@@ -271,7 +277,8 @@ def _mix(argv: list[str]) -> None:
     mix = select_safety_mix(
         load_pool(ns.pool, judge=ns.judge, harmful_classifier=classifier), ns.strategy,
         ns.budget, num_train, ns.seed, embedder, train_pairs, ns.categories, ns.category_reference, ns.num_clusters,
-        probe.probability if ns.most_harmful_first else None, contrast, ns.contrast_ratio, ns.contrast_pairing,
+        ns.category_min_similarity, probe.probability if ns.most_harmful_first else None, contrast, ns.contrast_ratio,
+        ns.contrast_pairing,
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()

@@ -238,6 +238,14 @@ class SafetyAwareSFTConfig(SFTConfig):
             "BeaverTails categories)."
         },
     )
+    safety_mix_category_min_similarity: float | None = field(
+        default=None,
+        metadata={
+            "help": "For 'nearest': a prompt whose best prototype cosine is below this is 'uncategorized' (its own "
+            "stratum). Unset: every prompt takes its nearest category; a minimum left 50-60% of a harmful pool "
+            "uncategorized at little gain in accuracy (BENCHMARKS.md, harm-category inference)."
+        },
+    )
     safety_mix_num_clusters: int = field(default=14, metadata={"help": "k for safety_mix_categories='kmeans'."})
     safety_mix_embedder: str | None = field(
         default=None,
@@ -447,6 +455,7 @@ class SafetyAwareSFTConfig(SFTConfig):
         if not self.safety_mix_contrast_ratio > 0:
             raise ValueError(f"safety_mix_contrast_ratio: must be > 0, got {self.safety_mix_contrast_ratio}.")
         _check_choice("safety_mix_contrast_pairing", self.safety_mix_contrast_pairing, MIX_CONTRAST_PAIRINGS)
+        check_category_min_similarity(self.safety_mix_category_min_similarity)
         if self.safety_mix_num_clusters < 1:
             raise ValueError(f"safety_mix_num_clusters: must be >= 1, got {self.safety_mix_num_clusters}.")
         if self.safety_mix_pool is not None and self.packing:
@@ -515,6 +524,15 @@ def check_most_harmful_first(strategy: str) -> None:
         raise ValueError(
             f"safety_mix_most_harmful_first: applies to {' and '.join(MIX_HARMFULNESS_ORDERED)} and their -b "
             f"variants, not {strategy!r}, which orders rows by embedding."
+        )
+
+
+def check_category_min_similarity(value: float | None) -> None:
+    """A minimum cosine similarity for nearest-prototype categories: unset, or within [-1, 1]."""
+    if value is not None and not -1.0 <= value <= 1.0:
+        raise ValueError(
+            f"safety_mix_category_min_similarity: got {value}; allowed: unset (every prompt takes its nearest "
+            "category) or a cosine similarity in [-1, 1]."
         )
 
 

@@ -248,6 +248,7 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             categories=args.safety_mix_categories,
             category_reference=args.safety_mix_category_reference,
             num_clusters=args.safety_mix_num_clusters,
+            category_min_similarity=args.safety_mix_category_min_similarity,
             harmfulness=probe.probability if args.safety_mix_most_harmful_first else None,
             contrast=contrast,
             contrast_ratio=args.safety_mix_contrast_ratio,

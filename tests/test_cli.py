@@ -195,6 +195,14 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     assert "centroid of 70 training rows" in summary["notes"][0]
     assert '"selected": 7' in capsys.readouterr().out
 
+    strata = ["mix", "--pool", "builtin:refusal_pool", "--strategy", "sss-b", "--budget", "3",
+              "--model", tiny_model_dir, "--categories", "nearest", "--output-dir", str(tmp_path / "strata"),
+              "--category-min-similarity"]  # fmt: skip
+    main([*strata, "1"])
+    assert pq.read_table(tmp_path / "strata" / "mix.parquet").to_pydict()["category"] == ["uncategorized"] * 3
+    with pytest.raises(ValueError, match="safety_mix_category_min_similarity: got 2.0"):
+        main([*strata, "2"])
+
     contrast = tmp_path / "contrast.jsonl"
     contrast.write_text(json.dumps({"prompt": "How do I kill a stuck process?", "response": "Run `kill PID`."}))
     with_contrast = ["mix", "--pool", "builtin:refusal_pool", "--strategy", "random-b", "--budget", "2",

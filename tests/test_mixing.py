@@ -253,9 +253,15 @@ def test_categories_inferred_by_nearest_prototype_and_kmeans(tokenizer, tmp_path
         {"prompt": "Hurt a dog", "category": "animal_abuse"}, {"prompt": "Hurt a person", "category": "violence"},
     ])  # fmt: skip
     embedder = ModelEmbedder(make_tiny_llama(tokenizer), tokenizer)
-    assign_categories(pool, "nearest", embedder, reference, min_similarity=-1.0)
+    assign_categories(pool, "nearest", embedder, reference)  # no minimum: every row takes its nearest category
     assert pool.category_source.startswith("nearest prototype")
     assert all(set(c) <= {"animal_abuse", "violence"} and c for c in pool.categories)
+    assign_categories(pool, "nearest", embedder, reference, min_similarity=1.0)  # no prompt matches a prototype
+    assert pool.categories == [("uncategorized",)] * 4
+    with pytest.raises(ValueError, match=r"safety_mix_category_min_similarity: got 1.5; allowed: unset .* \[-1, 1\]"):
+        assign_categories(pool, "nearest", embedder, reference, min_similarity=1.5)
+    with pytest.raises(ValueError, match="safety_mix_category_min_similarity: got -2"):
+        SafetyAwareSFTConfig(output_dir="x", safety_mix_category_min_similarity=-2, **COMMON)
     assign_categories(pool, "kmeans", embedder, num_clusters=2)
     assert {c for (c,) in pool.categories} <= {"cluster_0", "cluster_1"} and pool.category_source == "kmeans (k=2)"
     with pytest.raises(ValueError, match="no category values"):
@@ -308,6 +314,16 @@ def test_trainer_mixes_contrast_rows_beside_the_safety_samples(tokenizer, tmp_pa
     assert sorted(trainer.train_dataset["sample_idx"]) == list(range(14))
     mixed = pq.read_table(tmp_path / "safety_report" / "mix.parquet").to_pydict()
     assert mixed["pool"] == ["safety"] * 2 + ["contrast"] * 4 and set(mixed["behavior"]) == {"T1", "T3"}
+
+
+def test_trainer_passes_the_category_settings_to_the_sampler(tokenizer, tmp_path):
+    trainer = safety_trainer(
+        tokenizer, tmp_path, alpaca_rows(8), safety_mix_pool="builtin:refusal_pool", safety_mix_strategy="sss-b",
+        safety_mix_budget=3, safety_mix_categories="nearest", safety_mix_category_min_similarity=1.0,
+    )  # fmt: skip
+    trainer.filter_train_dataset()
+    mixed = pq.read_table(tmp_path / "safety_report" / "mix.parquet").to_pydict()
+    assert mixed["category"] == ["uncategorized"] * 3  # no pool prompt reaches cosine 1 with a prototype
 
 
 def test_the_judge_decides_the_pools_refusal_flags():

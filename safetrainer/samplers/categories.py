@@ -7,6 +7,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..config import MIX_CATEGORY_METHODS as CATEGORY_METHODS
+from ..config import check_category_min_similarity
 from ..data import load_data
 from .embedding import Embedder, normalize
 from .pool import UNCATEGORIZED, SafetyPool
@@ -64,7 +65,7 @@ def assign_categories(
     embedder: Embedder | None,
     reference: str = DEFAULT_CATEGORY_REFERENCE,
     num_clusters: int = 14,
-    min_similarity: float = 0.2,
+    min_similarity: float | None = None,
     seed: int = 0,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
@@ -72,12 +73,14 @@ def assign_categories(
 
     `auto` keeps the pool's own category column when any row has one, else infers by `nearest`. `nearest` assigns each
     instruction the category whose prototype is most similar (cosine of centered embeddings) plus any within
-    `MULTI_LABEL_MARGIN` of it, or `uncategorized` below `min_similarity`. `kmeans` clusters the instruction embeddings
-    into `num_clusters` strata named `cluster_<i>`. Rows without a category after a `column` assignment become
-    `uncategorized`. `embeddings`: the pool's `pool_embeddings`, when the caller has them already.
+    `MULTI_LABEL_MARGIN` of it; with `min_similarity`, a best similarity below it makes the row `uncategorized`.
+    `kmeans` clusters the instruction embeddings into `num_clusters` strata named `cluster_<i>`. Rows without a
+    category after a `column` assignment become `uncategorized`. `embeddings`: the pool's `pool_embeddings`, when the
+    caller has them already.
     """
     if method not in CATEGORY_METHODS:
         raise ValueError(f"safety_mix_categories: got {method!r}; allowed: {', '.join(CATEGORY_METHODS)}.")
+    check_category_min_similarity(min_similarity)
     if method == "column" and pool.category_source != "column":
         raise ValueError(
             f"safety_mix_categories='column', but the pool {pool.source!r} has no category values; use 'nearest' or "
@@ -101,7 +104,7 @@ def assign_categories(
     categories = []
     for row in similarity:
         best = row.max()
-        if best < min_similarity:
+        if min_similarity is not None and best < min_similarity:
             categories.append((UNCATEGORIZED,))
         else:
             categories.append(tuple(names[j] for j in np.flatnonzero(row >= best - MULTI_LABEL_MARGIN)))

@@ -109,6 +109,7 @@ def select_safety_mix(
     categories: str = "auto",
     category_reference: str | None = None,
     num_clusters: int = 14,
+    category_min_similarity: float | None = None,
     harmfulness: Callable[[list[str]], np.ndarray] | None = None,
     contrast: SafetyPool | None = None,
     contrast_ratio: float = 1.0,
@@ -117,13 +118,14 @@ def select_safety_mix(
     """Choose `budget` rows of `pool` with `strategy` (see `safetrainer.samplers.STRATEGIES`).
 
     `budget` is a count or a fraction of `num_train`. Category-aware strategies assign categories first
-    (`categories`: auto / column / nearest / kmeans; see `assign_categories`). PSS and Cossim embed with `embedder`;
-    Cossim compares (instruction + response) embeddings with the centroid of `train_pairs` (prompts, responses) when
-    given, else instruction embeddings with the category references. `harmfulness` maps instructions to P(harmful)
-    (such as `HarmfulInstructionProbe.probability`): random and SSS then take the most harmful instructions first
-    instead of drawing. With a `contrast` pool, `contrast_ratio` contrast rows per selected row are taken from its T3
-    rows (benign instruction, compliance): drawn at random, or with `contrast_pairing="nearest"` each selected row in
-    turn takes its nearest unused look-alike (see `_nearest_look_alikes`). Deterministic for a seed.
+    (`categories`: auto / column / nearest / kmeans, `category_min_similarity`; see `assign_categories`). PSS and
+    Cossim embed with `embedder`; Cossim compares (instruction + response) embeddings with the centroid of
+    `train_pairs` (prompts, responses) when given, else instruction embeddings with the category references.
+    `harmfulness` maps instructions to P(harmful) (such as `HarmfulInstructionProbe.probability`): random and SSS then
+    take the most harmful instructions first instead of drawing. With a `contrast` pool, `contrast_ratio` contrast rows
+    per selected row are taken from its T3 rows (benign instruction, compliance): drawn at random, or with
+    `contrast_pairing="nearest"` each selected row in turn takes its nearest unused look-alike (see
+    `_nearest_look_alikes`). Deterministic for a seed.
     """
     base, t1_only = parse_strategy(strategy)
     if contrast_pairing not in CONTRAST_PAIRINGS:
@@ -153,7 +155,9 @@ def select_safety_mix(
     if base in ("pss", "cossim") or (base in CATEGORY_STRATEGIES and needs_inference(pool, categories)):
         embedded = pool_embeddings(pool, embedder, f"safety_mix_strategy={strategy!r}")
     if base in CATEGORY_STRATEGIES:
-        assign_categories(pool, categories, embedder, reference, num_clusters, seed=seed, embeddings=embedded)
+        assign_categories(
+            pool, categories, embedder, reference, num_clusters, category_min_similarity, seed, embeddings=embedded
+        )
     rng = np.random.default_rng(seed)
     embeddings = similarity = None
     if base in ("pss", "cossim"):
