@@ -257,7 +257,7 @@ def test_categories_inferred_by_nearest_prototype_and_kmeans(tokenizer, tmp_path
     assert pool.category_source.startswith("nearest prototype")
     assert all(set(c) <= {"animal_abuse", "violence"} and c for c in pool.categories)
     assign_categories(pool, "nearest", embedder, reference, min_similarity=1.0)  # no prompt matches a prototype
-    assert pool.categories == [("uncategorized",)] * 4
+    assert pool.categories == [("uncategorized",)] * 4 and pool.category_source.endswith("below cosine 1)")
     with pytest.raises(ValueError, match=r"safety_mix_category_min_similarity: got 1.5; allowed: unset .* \[-1, 1\]"):
         assign_categories(pool, "nearest", embedder, reference, min_similarity=1.5)
     with pytest.raises(ValueError, match="safety_mix_category_min_similarity: got -2"):

@@ -109,4 +109,5 @@ def assign_categories(
         else:
             categories.append(tuple(names[j] for j in np.flatnonzero(row >= best - MULTI_LABEL_MARGIN)))
     pool.categories = categories
-    pool.category_source = f"nearest prototype ({reference})"
+    minimum = "" if min_similarity is None else f", uncategorized below cosine {min_similarity:g}"
+    pool.category_source = f"nearest prototype ({reference}{minimum})"
