@@ -50,40 +50,41 @@ def harmful_pool(prompts: list[str], source: str) -> SafetyPool:
     )
 
 
-def nearest_scores(pool: SafetyPool, truth: list[str]) -> dict[str, float]:
+def nearest_scores(categories: list[tuple[str, ...]], truth: list[str]) -> dict[str, float]:
     """Coverage (rows given a category), accuracy among covered rows (the true category among those assigned),
     labels per covered row, and accuracy over all rows (uncategorized counts as wrong)."""
-    covered = [i for i, cats in enumerate(pool.categories) if cats != (UNCATEGORIZED,)]
-    hits = [truth[i] in pool.categories[i] for i in covered]
+    covered = [i for i, cats in enumerate(categories) if cats != (UNCATEGORIZED,)]
+    hits = [truth[i] in categories[i] for i in covered]
     return {
         "coverage": len(covered) / len(truth),
         "accuracy covered": float(np.mean(hits)) if hits else float("nan"),
-        "labels per row": float(np.mean([len(pool.categories[i]) for i in covered])) if covered else float("nan"),
+        "labels per row": float(np.mean([len(categories[i]) for i in covered])) if covered else float("nan"),
         "accuracy all": sum(hits) / len(truth),
     }
 
 
-def infer_nearest(prompts, reference: str, embedder, min_similarity: float | None) -> SafetyPool:
+def infer_nearest(prompts, reference: str, embedder, min_similarity: float | None) -> list[tuple[str, ...]]:
     pool = harmful_pool(prompts, "benchmark")
     assign_categories(pool, "nearest", embedder, reference=reference, min_similarity=min_similarity)
-    return pool
+    return pool.categories
 
 
 def cross_validated(
     rows: list[dict], embedder, workdir: Path, min_similarity: float | None, seed: int
 ) -> dict[str, float]:
-    """`nearest` scores over 5 stratified folds, each fold categorized with the other four as the reference."""
+    """`nearest` scores of every row, each categorized in its fold of 5 (stratified) with the other four as the
+    reference."""
     prompts = [r["prompt"] for r in rows]
     truth = [r["category"] for r in rows]
-    totals: dict[str, list[float]] = {}
+    categories: list[tuple[str, ...]] = [()] * len(rows)
     folds = StratifiedKFold(5, shuffle=True, random_state=seed).split(prompts, truth)
     for fold, (train, test) in enumerate(folds):
         reference = workdir / f"fold{fold}.jsonl"
         reference.write_text("".join(json.dumps({"prompt": prompts[i], "category": truth[i]}) + "\n" for i in train))
-        pool = infer_nearest([prompts[i] for i in test], str(reference), embedder, min_similarity)
-        for key, value in nearest_scores(pool, [truth[i] for i in test]).items():
-            totals.setdefault(key, []).append(value * len(test))
-    return {key: sum(values) / len(rows) for key, values in totals.items()}
+        inferred = infer_nearest([prompts[i] for i in test], str(reference), embedder, min_similarity)
+        for i, cats in zip(test, inferred, strict=True):
+            categories[i] = cats
+    return nearest_scores(categories, truth)
 
 
 def kmeans_ami(rows: list[dict], embedder, seed: int) -> float:
@@ -120,9 +121,9 @@ def main() -> None:
             if name == "BeaverTails":
                 truth = [r["category"] for r in rows]
                 for min_similarity in MIN_SIMILARITIES:
-                    pool = infer_nearest([r["prompt"] for r in rows], DEFAULT_CATEGORY_REFERENCE, embedder,
-                                         min_similarity)  # fmt: skip
-                    scores = nearest_scores(pool, truth)
+                    categories = infer_nearest([r["prompt"] for r in rows], DEFAULT_CATEGORY_REFERENCE, embedder,
+                                               min_similarity)  # fmt: skip
+                    scores = nearest_scores(categories, truth)
                     table.append((f"{name} ({len(rows)})", DEFAULT_CATEGORY_REFERENCE, k, min_similarity, scores, None))
                     print(table[-1], flush=True)
 
@@ -131,8 +132,8 @@ def main() -> None:
     pool_prompts = pool_prompts[: args.pool_n]
     uncategorized = {}
     for reference in (DEFAULT_CATEGORY_REFERENCE, str(SHARED_DATA / LABELLED["BeaverTails"])):
-        pool = infer_nearest(pool_prompts, reference, embedder, MIN_SIMILARITIES[0])
-        uncategorized[reference] = sum(cats == (UNCATEGORIZED,) for cats in pool.categories) / len(pool)
+        categories = infer_nearest(pool_prompts, reference, embedder, MIN_SIMILARITIES[0])
+        uncategorized[reference] = sum(cats == (UNCATEGORIZED,) for cats in categories) / len(categories)
         print(reference, uncategorized[reference], flush=True)
 
     model_name = args.model or "SmolLM2-135M-Instruct"
