@@ -24,6 +24,7 @@ Writes a table and a bar chart into BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import random
@@ -32,6 +33,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -55,6 +57,7 @@ from safetrainer.eval import (
     generate,
     gsm8k_exact_match,
     load_prompts,
+    refusal_metrics,
     response_nll,
     shared_data_dir,
 )
@@ -144,13 +147,14 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     rng.shuffle(align)
     heldout = pairs(rest[args.align_benign : args.align_benign + args.utility_n])
     contrast_train, contrast_val = borderline_requests()
-    # The mixing arms' pool: the Safety-Tuned LLaMAs refusals the alignment did not use, or (--mix-pool instructions)
-    # imperative harmful requests with a refusal.
-    if args.mix_pool == "instructions":
-        mix_pool = instruction_pool(instructions, args.align_instructions)
-    else:
-        mix_pool = pairs(refusals[args.align_refusals :])
-    mix_pool = [{**r, "label": "refusal"} for r in mix_pool]
+    # The mixing arms' pool (--mix-pool): the Safety-Tuned LLaMAs refusals the alignment did not use, imperative
+    # harmful requests with a refusal, or SALAD-Bench's harmful questions with their true categories and a refusal.
+    pools = {
+        "stl": pairs(refusals[args.align_refusals :]),
+        "instructions": instruction_pool(instructions, args.align_instructions),
+        "salad": salad_pool(),
+    }
+    mix_pool = [{**r, "label": "refusal"} for r in pools[args.mix_pool]]
     # Reference prompts for --mix-typing probe, none used elsewhere: the HarmBench-deduplicated harmful instructions
     # the alignment did not use plus Do-Not-Answer's harmful questions, against benign rows of every style.
     do_not_answer = [r["prompt"] for r in read_jsonl("do_not_answer/do_not_answer.norm.jsonl")]
@@ -161,7 +165,9 @@ def build_data(args, tokenizer) -> dict[str, list[dict]]:
     harm_reference = [{"prompt": p, "harmful": True} for p in harmful_reference] + [
         {"prompt": r["prompt"], "harmful": False} for r in unused_benign
     ]
-    trained = [r["prompt"] for r in align + attack + mix_pool] + contrast_train
+    # Every pool's prompts, not only this run's: the held-out set is then the same whichever pool a run mixes from,
+    # so no mix (which uses no pool) is measured once on it.
+    trained = [r["prompt"] for r in align + attack + [row for pool in pools.values() for row in pool]] + contrast_train
     return {"align": align, "attack": attack, "heldout": heldout, "contrast": contrast_train,
             "contrast_val": contrast_val, "contrast_data": [r["prompt"] for r in borderline[: args.align_borderline]],
             "mix_pool": mix_pool, "harm_reference": harm_reference,
@@ -229,6 +235,27 @@ def instruction_pool(instructions: list[dict], n_aligned: int) -> list[dict]:
             kept.append(words)
             refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
             rows.append({"prompt": r["prompt"], "response": refusal})
+    return rows
+
+
+def salad_pool() -> list[dict]:
+    """SALAD-Bench's harmful questions whose harmfulness and category a person verified, each with a refusal and its
+    true harm category (level 2 of the taxonomy: 16 tasks of very unequal size), so SSS has real categories to
+    stratify over.
+
+    A question joins only when its word-set Jaccard similarity to every HarmBench behavior and earlier pool row is
+    below 0.5.
+    """
+    avoid = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    rows = []
+    with open(shared_data_dir() / "salad_bench" / "rebuttal_question_label.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            verified = r["1 if the question is harmful in nature"] == "1" == r["1 if the 3-category is correct"]
+            words = word_set(r["question"])
+            if verified and max_jaccard(words, avoid) < 0.5:
+                avoid.append(words)
+                refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
+                rows.append({"prompt": r["question"], "response": refusal, "category": r["2-category"]})
     return rows
 
 
@@ -352,8 +379,9 @@ def filter_arm(doc: str, **safety) -> Callable:
 
 def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
-    Safety-Tuned LLaMAs refusals (--mix-pool instructions: imperative harmful instructions); categories inferred by
-    nearest prototype of the BeaverTails sample's categories.
+    Safety-Tuned LLaMAs refusals (--mix-pool instructions: imperative harmful instructions; --mix-pool salad:
+    SALAD-Bench questions with their own categories); categories otherwise inferred by nearest prototype of the
+    BeaverTails sample's categories.
     With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1).
     With --mix-contrast-ratio, contrast rows (the alignment's borderline-benign requests with the base model's own
     answers) go in beside the refusals, drawn at random or (--mix-contrast-pairing nearest) each refusal's nearest
@@ -559,16 +587,20 @@ def measure(args, label: str, model_dir: Path, adapter: Path | None, data) -> di
 
 
 def measure_heldout(args, label: str, model_dir: Path, adapter: Path | None, data) -> dict:
-    """Refusal on the held-out harmful prompts (`heldout_harmful`), cached beside `measure`'s metrics."""
+    """Refusal on the held-out harmful prompts (`heldout_harmful`), cached beside `measure`'s metrics.
+
+    The cache is the judged completions, not the rates: when they cover every held-out prompt the rates are
+    recomputed from them for exactly this set (it shrank when a pool was added to the de-duplication).
+    """
     out = RESULTS / "measure" / _slug(label)
-    cached = out / "heldout_harmful.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    prompts = data["heldout_harmful"]
+    completions = out / "heldout-harmful.jsonl"
+    if completions.is_file():
+        judged = {r["prompt"]: r["refusal"] for r in map(json.loads, completions.read_text().splitlines())}
+        if all(p in judged for p in prompts):
+            return {"prompts": "heldout-harmful", **refusal_metrics([judged[p] for p in prompts], None, harmful=True)}
     model, tokenizer = _load(model_dir, adapter)
-    prompt_set = PromptSet("heldout-harmful", data["heldout_harmful"], None, harmful=True)
-    metrics = _refusals(args, model, tokenizer, prompt_set, out)
-    cached.write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return _refusals(args, model, tokenizer, PromptSet("heldout-harmful", prompts, None, harmful=True), out)
 
 
 def _refusals(args, model, tokenizer, prompt_set: PromptSet, out: Path) -> dict:
@@ -652,8 +684,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
         f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}"
         f"{', loss on prompt and completion' if args.attack_prompt_loss else ''}) plus a budget of "
-        f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} (categories inferred by nearest "
-        f"prototype of the BeaverTails sample's 14 categories, model hidden states; {_category_text(args)}). "
+        f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} ({_categories_text(args, data)}). "
         f"{_typing_text(args, mix_rows, data)}"
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
@@ -692,8 +723,9 @@ def _heldout_table(ordered: list, no_mix: dict, data) -> list[str]:
     lines = [
         f"Held-out confirmation (--heldout): refusal on {len(data['heldout_harmful'])} JailbreakBench and "
         "StrongREJECT prompts (each with word-set Jaccard < 0.5 to every HarmBench behavior, every prompt any model "
-        f"here trains on, and each other) and over-refusal on the {len(data['contrast_val'])} borderline validation "
-        "requests (never trained on). None of the options above was chosen on these prompts.",
+        "here trains on or any mixing pool holds, and each other) and over-refusal on the "
+        f"{len(data['contrast_val'])} borderline validation requests (never trained on). None of the options above "
+        "was chosen on these prompts.",
         "",
         "| strategy | budget (rows) | seeds | refusal held-out harmful | ASR change vs no mix | over-refusal "
         "borderline validation | over-refusal change (points) |",
@@ -717,7 +749,26 @@ def _pool_text(args) -> str:
             "AdvBench instructions whose word-set Jaccard similarity to every HarmBench behavior, refusal-direction "
             "instruction and earlier pool row is below 0.5), each with one of the alignment's templated refusals"
         )
+    if args.mix_pool == "salad":
+        return (
+            "SALAD-Bench harmful questions whose harmfulness and category a person verified (word-set Jaccard "
+            "similarity to every HarmBench behavior and earlier pool row below 0.5), each with one of the alignment's "
+            "templated refusals"
+        )
     return "Safety-Tuned LLaMAs refusals the alignment did not use"
+
+
+def _categories_text(args, data) -> str:
+    if args.mix_pool == "salad":
+        sizes = Counter(r["category"] for r in data["mix_pool"]).values()
+        return (
+            f"true categories: level 2 of SALAD-Bench's taxonomy, {len(sizes)} tasks of {min(sizes)} to {max(sizes)} "
+            "rows"
+        )
+    return (
+        "categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states; "
+        f"{_category_text(args)}"
+    )
 
 
 def _typing_text(args, mix_rows: list[dict], data) -> str:
@@ -863,9 +914,10 @@ def main() -> None:
         "Alpaca/Dolly instructions (both answered by the base model)",
     )  # fmt: skip
     parser.add_argument(
-        "--mix-pool", default="stl", choices=("stl", "instructions"),
-        help="the mixing pool: the Safety-Tuned LLaMAs refusals the alignment did not use (mostly questions), or "
-        "imperative harmful instructions (unused refusal-direction ones, then de-duplicated AdvBench) with a refusal",
+        "--mix-pool", default="stl", choices=("stl", "instructions", "salad"),
+        help="the mixing pool: the Safety-Tuned LLaMAs refusals the alignment did not use (mostly questions), "
+        "imperative harmful instructions (unused refusal-direction ones, then de-duplicated AdvBench) with a refusal, "
+        "or SALAD-Bench's verified harmful questions with their true category (16 tasks) and a refusal",
     )  # fmt: skip
     parser.add_argument(
         "--heldout", action="store_true",
