@@ -178,7 +178,8 @@ def heldout_harmful(trained: list[str]) -> list[str]:
     """JailbreakBench and StrongREJECT prompts, to confirm on unseen prompts a result that was chosen on HarmBench.
 
     A prompt is kept only when its word-set Jaccard similarity to every HarmBench behavior, every prompt a model here
-    can train on (alignment, attack set, mixing pool, contrast rows) and every prompt kept before it is below 0.5.
+    can train on (alignment, attack set, every mixing pool, contrast rows) and every prompt kept before it is below
+    0.5.
     """
     avoid = [word_set(p) for p in trained]
     avoid += [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
@@ -250,7 +251,7 @@ def salad_pool() -> list[dict]:
     rows = []
     with open(shared_data_dir() / "salad_bench" / "rebuttal_question_label.csv", newline="") as f:
         for r in csv.DictReader(f):
-            verified = r["1 if the question is harmful in nature"] == "1" == r["1 if the 3-category is correct"]
+            verified = r["1 if the question is harmful in nature"] == "1" and r["1 if the 3-category is correct"] == "1"
             words = word_set(r["question"])
             if verified and max_jaccard(words, avoid) < 0.5:
                 avoid.append(words)
