@@ -182,7 +182,7 @@ def heldout_harmful(trained: list[str]) -> list[str]:
     0.5.
     """
     avoid = [word_set(p) for p in trained]
-    avoid += [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    avoid += harmbench_word_sets()
     kept = []
     for path in ("jailbreakbench/jailbreakbench.norm.jsonl", "strongreject/strongreject.norm.jsonl"):
         for r in read_jsonl(path):
@@ -210,7 +210,7 @@ def harmful_instructions(rng: random.Random) -> list[dict]:
     Any instruction whose word set overlaps a HarmBench behavior (train or test) by Jaccard >= 0.5 is left out, so
     HarmBench stays held out.
     """
-    harmbench = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+    harmbench = harmbench_word_sets()
     rows = []
     for split in ("harmful_train", "harmful_val"):
         path = shared_data_dir() / "refusal_direction" / "splits" / f"{split}.json"
@@ -227,16 +227,9 @@ def instruction_pool(instructions: list[dict], n_aligned: int) -> list[dict]:
     AdvBench repeats itself (many bomb and hacking variants), so an AdvBench instruction joins only when its word-set
     Jaccard similarity to every HarmBench behavior, refusal-direction instruction and earlier pool row is below 0.5.
     """
-    kept = [word_set(r["prompt"]) for r in instructions]
-    avoid = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
-    rows = list(instructions[n_aligned:])
-    for r in read_jsonl("advbench/advbench.norm.jsonl"):
-        words = word_set(r["prompt"])
-        if max_jaccard(words, avoid + kept) < 0.5:
-            kept.append(words)
-            refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
-            rows.append({"prompt": r["prompt"], "response": refusal})
-    return rows
+    avoid = harmbench_word_sets() + [word_set(r["prompt"]) for r in instructions]
+    advbench = [{"prompt": r["prompt"]} for r in read_jsonl("advbench/advbench.norm.jsonl")]
+    return refused_unless_similar(list(instructions[n_aligned:]), advbench, avoid)
 
 
 def salad_pool() -> list[dict]:
@@ -247,16 +240,27 @@ def salad_pool() -> list[dict]:
     A question joins only when its word-set Jaccard similarity to every HarmBench behavior and earlier pool row is
     below 0.5.
     """
-    avoid = [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
-    rows = []
     with open(shared_data_dir() / "salad_bench" / "rebuttal_question_label.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            verified = r["1 if the question is harmful in nature"] == "1" and r["1 if the 3-category is correct"] == "1"
-            words = word_set(r["question"])
-            if verified and max_jaccard(words, avoid) < 0.5:
-                avoid.append(words)
-                refusal = INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]
-                rows.append({"prompt": r["question"], "response": refusal, "category": r["2-category"]})
+        verified = [
+            {"prompt": r["question"], "category": r["2-category"]}
+            for r in csv.DictReader(f)
+            if r["1 if the question is harmful in nature"] == "1" and r["1 if the 3-category is correct"] == "1"
+        ]
+    return refused_unless_similar([], verified, harmbench_word_sets())
+
+
+def harmbench_word_sets() -> list[set[str]]:
+    return [word_set(r["prompt"]) for r in read_jsonl("harmbench/harmbench_behaviors_text_all.norm.jsonl")]
+
+
+def refused_unless_similar(rows: list[dict], candidates: list[dict], avoid: list[set[str]]) -> list[dict]:
+    """`rows`, then each candidate whose word-set Jaccard similarity to everything in `avoid` and every candidate
+    added before it is below 0.5, answered by the templated refusals in turn (`avoid` grows)."""
+    for candidate in candidates:
+        words = word_set(candidate["prompt"])
+        if max_jaccard(words, avoid) < 0.5:
+            avoid.append(words)
+            rows.append({**candidate, "response": INSTRUCTION_REFUSALS[len(rows) % len(INSTRUCTION_REFUSALS)]})
     return rows
 
 
@@ -685,7 +689,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{sum(not r['harmful'] for r in data['attack'])} benign rows of the attack set (LoRA r=16, "
         f"{args.attack_epochs:g} epoch{'' if args.attack_epochs == 1 else 's'}, lr {args.attack_lr}"
         f"{', loss on prompt and completion' if args.attack_prompt_loss else ''}) plus a budget of "
-        f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} ({_categories_text(args, data)}). "
+        f"refusals chosen from the {len(data['mix_pool'])} {_pool_text(args)} ({_category_source_text(args, data)}). "
         f"{_typing_text(args, mix_rows, data)}"
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
@@ -759,7 +763,7 @@ def _pool_text(args) -> str:
     return "Safety-Tuned LLaMAs refusals the alignment did not use"
 
 
-def _categories_text(args, data) -> str:
+def _category_source_text(args, data) -> str:
     if args.mix_pool == "salad":
         sizes = Counter(r["category"] for r in data["mix_pool"]).values()
         return (
