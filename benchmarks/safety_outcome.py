@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -441,7 +441,10 @@ MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
 # categorized"; the benchmark keeps it as its default so the cached arms of the recorded sections stay valid.
 RECORDED_CATEGORY_MIN_SIMILARITY = 0.2
 MIX_BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
-MIX_SEEDS = (0, 1, 2)
+MIX_SEEDS = (0, 1, 2, 3, 4)
+# The recorded mixing sections ran seeds 0-2. A run on any other seed is a replication: its section is named by its
+# seeds, so it sits beside the result it checks instead of replacing it.
+SECTION_SEEDS = (0, 1, 2)
 
 
 def mix_arm_name(strategy: str, budget: float, seed: int) -> str:
@@ -544,7 +547,7 @@ def attack(args, name: str, model_dir: Path, data) -> Path:
     trainer.train()  # includes the filter pass for filtering arms
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
-    info = {"seconds": seconds, "trained_rows": len(trainer.train_dataset)}
+    info = {"seconds": seconds, "trained_rows": len(trainer.train_dataset), "torch_threads": torch.get_num_threads()}
     summary = getattr(trainer, "safety_summary", None)
     if summary is not None and "safety_mix" in summary:
         info["mix"] = summary["safety_mix"]
@@ -672,6 +675,21 @@ def render(rows: list[dict], args, command: str, chart: str, data) -> str:
     return "\n".join(lines)
 
 
+def _threads_text(mix_rows: list[dict]) -> str:
+    """Torch threads of this run, and of the arms' training where it differed (arms may have been trained by
+    concurrent single-thread processes; arms cached before the count was recorded say nothing)."""
+    here = _count(torch.get_num_threads(), "torch thread")
+    trained = {json.loads((r["adapter"] / "train.json").read_text()).get("torch_threads") for r in mix_rows} - {None}
+    if not trained or trained == {torch.get_num_threads()}:
+        return here
+    counts = " or ".join(map(str, sorted(trained)))
+    return f"{here} (arms trained with {counts} thread{'' if trained == {1} else 's'} per process)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command: str, data) -> str:
     """Mean over seeds per (strategy, budget), with the harmful-compliance (ASR) change relative to no mixing."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -694,7 +712,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
         "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
-        f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {_threads_text(mix_rows)}; "
         f"measured {date.today().isoformat()}.",
         "",
         "| strategy | budget (rows) | seeds | refusal on HarmBench | ASR | ASR change vs no mix | over-refusal XSTest "
@@ -835,7 +853,12 @@ def _probe_text(data) -> str:
     )
 
 
-def bar_chart(rows: list[dict]) -> str:
+def bar_chart(rows: list[dict], save: bool) -> str:
+    """The chart's path in the repository; drawn over the recorded chart only when `save` (a --no-write run, such as
+    one of several concurrent processes training arms, must leave the recorded section's chart alone)."""
+    path = ROOT / "benchmarks" / "safety_outcome.png"
+    if not save:
+        return path.relative_to(ROOT).as_posix()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -852,7 +875,6 @@ def bar_chart(rows: list[dict]) -> str:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = ROOT / "benchmarks" / "safety_outcome.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.relative_to(ROOT).as_posix()
@@ -985,9 +1007,10 @@ def main() -> None:
                 r["relative_time"] = f"{info['seconds'] / base_seconds:.2f}x"
     mix_rows = [r for r in rows if "adapter" in r and r["arm"] not in FILTER_ARMS]
     if not mix_rows or any(a in FILTER_ARMS for a in arms):
-        body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows), data)
+        writes = not args.no_write and "measure" in stages
+        body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows, save=writes), data)
         print(body)
-        if not args.no_write and "measure" in stages:
+        if writes:
             write_variant_section(args, MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
     if mix_rows:
         # No mixing is the oracle arm: the same benign rows, trainer settings and seed, without the added refusals.
@@ -1001,17 +1024,21 @@ def main() -> None:
         print(body)
         if not args.no_write:
             title = "Safety mixing: refusal samples added to benign fine-tuning"
-            write_variant_section(args, MIX_MARK, title, body, mixing=True)
+            seeds = sorted({int(r["arm"].rsplit(" ", 1)[1]) for r in mix_rows})
+            replication = [f"seeds {', '.join(map(str, seeds))}"] if set(seeds) - set(SECTION_SEEDS) else []
+            write_variant_section(args, MIX_MARK, title, body, mixing=True, extra=replication)
 
 
 def _similarity_or_none(text: str) -> float | None:
     return None if text.strip().lower() == "none" else float(text)
 
 
-def write_variant_section(args, mark: str, title: str, body: str, mixing: bool = False) -> None:
-    """A run at non-default attack settings (or, for mixing, --mix-typing / --mix-most-harmful-first) writes a
-    section of its own instead of replacing the default one."""
-    variants = ", ".join(_variants(args, typed=mixing, ordered=mixing, mixing=mixing, categorized=mixing))
+def write_variant_section(
+    args, mark: str, title: str, body: str, mixing: bool = False, extra: Sequence[str] = ()
+) -> None:
+    """A run at non-default attack settings (or, for mixing, other pool and sampler options, or `extra` such as
+    replication seeds) writes a section of its own instead of replacing the default one."""
+    variants = ", ".join([*_variants(args, typed=mixing, ordered=mixing, mixing=mixing, categorized=mixing), *extra])
     if variants:
         mark, title = f"{mark}-{_slug(variants)}", f"{title} ({variants})"
     write_section(mark, title, body)
