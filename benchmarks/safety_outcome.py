@@ -678,16 +678,13 @@ def render(rows: list[dict], args, command: str, chart: str, data) -> str:
 def _threads_text(mix_rows: list[dict]) -> str:
     """Torch threads of this run, and of the arms' training where it differed (arms may have been trained by
     concurrent single-thread processes; arms cached before the count was recorded say nothing)."""
-    here = _count(torch.get_num_threads(), "torch thread")
+    here = torch.get_num_threads()
     trained = {json.loads((r["adapter"] / "train.json").read_text()).get("torch_threads") for r in mix_rows} - {None}
-    if not trained or trained == {torch.get_num_threads()}:
-        return here
-    counts = " or ".join(map(str, sorted(trained)))
-    return f"{here} (arms trained with {counts} thread{'' if trained == {1} else 's'} per process)"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    text = f"{here} torch thread{'s' * (here != 1)}"
+    if trained and trained != {here}:
+        counts = " or ".join(map(str, sorted(trained)))
+        text += f" (arms trained with {counts} thread{'s' * (trained != {1})} per process)"
+    return text
 
 
 def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command: str, data) -> str:
