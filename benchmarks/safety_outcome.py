@@ -451,6 +451,12 @@ def mix_arm_name(strategy: str, budget: float, seed: int) -> str:
     return f"mix {strategy} {budget:.0%} seed {seed}"
 
 
+def mix_arm_parts(name: str) -> tuple[str, str, int]:
+    """(strategy, budget as written, seed) of a `mix_arm_name`."""
+    _, strategy, budget, _, seed = name.split(" ")
+    return strategy, budget, int(seed)
+
+
 # name -> function(args, aligned model dir, tokenizer, contaminated rows, output dir) -> a trainer to .train()
 ARMS: dict[str, Callable] = {
     "plain SFT": arm_plain_sft,
@@ -489,7 +495,7 @@ def run_label(args, name: str) -> str:
     arm (adapters and measurements are cached under this label, so runs at two settings never share a cache entry)."""
     # The pool holds keyword refusals only, so typing moves rows between T1 and T4, which only "-b" strategies tell
     # apart: the other strategies choose the same rows either way and keep their cache entries.
-    strategy = name.split(" ")[1] if name.startswith("mix ") else ""
+    strategy = mix_arm_parts(name)[0] if name.startswith("mix ") else ""
     categorized = strategy.removesuffix("-b") in CATEGORY_STRATEGIES
     variants = _variants(args, strategy.endswith("-b"), _ranked(args, strategy), bool(strategy), categorized)
     return name + "".join(f" ({v})" for v in variants)
@@ -691,7 +697,7 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
     """Mean over seeds per (strategy, budget), with the harmful-compliance (ASR) change relative to no mixing."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in mix_rows:
-        _, strategy, budget, _, _ = r["arm"].split(" ")
+        strategy, budget, _ = mix_arm_parts(r["arm"])
         strategy += " most harmful first" if _ranked(args, strategy) else ""
         info = json.loads((r["adapter"] / "train.json").read_text())
         groups.setdefault((strategy, budget), []).append({**r["metrics"], "mixed": info["mix"]["selected"]})
@@ -708,7 +714,8 @@ def render_mix(mix_rows: list[dict], no_mix: dict, aligned: dict, args, command:
         f"{_typing_text(args, mix_rows, data)}"
         f"{_contrast_text(args, mix_rows, data)}"
         "No mixing = the oracle arm (same rows and settings). ASR change = ASR(mix) / ASR(no mix) - 1; negative = "
-        "fewer harmful compliances. Means over the seeds run; keyword judge, greedy, "
+        "fewer harmful compliances. Means over the seeds run; a seed draws the sampler's rows (every arm trains with "
+        f"seed {args.seed}, so the training order is shared). Keyword judge, greedy, "
         f"{args.max_new_tokens} new tokens. Machine: {platform.machine()}, {_threads_text(mix_rows)}; "
         f"measured {date.today().isoformat()}.",
         "",
@@ -850,10 +857,11 @@ def _probe_text(data) -> str:
     )
 
 
-def bar_chart(rows: list[dict], save: bool) -> str:
-    """The chart's path in the repository; drawn over the recorded chart only when `save` (a --no-write run, such as
-    one of several concurrent processes training arms, must leave the recorded section's chart alone)."""
-    path = ROOT / "benchmarks" / "safety_outcome.png"
+def bar_chart(rows: list[dict], variants: str, save: bool) -> str:
+    """The chart's path in the repository, one per section (`variants` as in the section's title); drawn only when
+    `save` (a --no-write run, such as one of several concurrent processes training arms, must leave the recorded
+    section's chart alone)."""
+    path = ROOT / "benchmarks" / (f"safety_outcome-{_slug(variants)}.png" if variants else "safety_outcome.png")
     if not save:
         return path.relative_to(ROOT).as_posix()
     import matplotlib
@@ -1005,7 +1013,8 @@ def main() -> None:
     mix_rows = [r for r in rows if "adapter" in r and r["arm"] not in FILTER_ARMS]
     if not mix_rows or any(a in FILTER_ARMS for a in arms):
         writes = not args.no_write and "measure" in stages
-        body = render([r for r in rows if r not in mix_rows], args, command, bar_chart(rows, save=writes), data)
+        filter_rows = [r for r in rows if r not in mix_rows]
+        body = render(filter_rows, args, command, bar_chart(filter_rows, _section_variants(args), save=writes), data)
         print(body)
         if writes:
             write_variant_section(args, MARK, "Safety outcome: refusals after fine-tuning on contaminated data", body)
@@ -1021,7 +1030,7 @@ def main() -> None:
         print(body)
         if not args.no_write:
             title = "Safety mixing: refusal samples added to benign fine-tuning"
-            seeds = sorted({int(r["arm"].rsplit(" ", 1)[1]) for r in mix_rows})
+            seeds = sorted({mix_arm_parts(r["arm"])[2] for r in mix_rows})
             replication = [f"seeds {', '.join(map(str, seeds))}"] if set(seeds) - set(SECTION_SEEDS) else []
             write_variant_section(args, MIX_MARK, title, body, mixing=True, extra=replication)
 
@@ -1035,10 +1044,14 @@ def write_variant_section(
 ) -> None:
     """A run at non-default attack settings (or, for mixing, other pool and sampler options, or `extra` such as
     replication seeds) writes a section of its own instead of replacing the default one."""
-    variants = ", ".join([*_variants(args, typed=mixing, ordered=mixing, mixing=mixing, categorized=mixing), *extra])
+    variants = _section_variants(args, mixing, extra)
     if variants:
         mark, title = f"{mark}-{_slug(variants)}", f"{title} ({variants})"
     write_section(mark, title, body)
+
+
+def _section_variants(args, mixing: bool = False, extra: Sequence[str] = ()) -> str:
+    return ", ".join([*_variants(args, typed=mixing, ordered=mixing, mixing=mixing, categorized=mixing), *extra])
 
 
 if __name__ == "__main__":
