@@ -386,7 +386,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
     """Benign rows only (the oracle arm's data) plus `budget` refusals chosen by `strategy` from the unused
     Safety-Tuned LLaMAs refusals (--mix-pool instructions: imperative harmful instructions; --mix-pool salad:
     SALAD-Bench questions with their own categories); categories otherwise inferred by nearest prototype of the
-    BeaverTails sample's categories.
+    BeaverTails sample's categories (--mix-category-reference harmbench-val: HarmBench's semantic categories).
     With --mix-typing probe the pool carries no labels and a probe decides which instructions are harmful (T1).
     With --mix-contrast-ratio, contrast rows (the alignment's borderline-benign requests with the base model's own
     answers) go in beside the refusals, drawn at random or (--mix-contrast-pairing nearest) each refusal's nearest
@@ -409,7 +409,7 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
         config = SafetyAwareSFTConfig(
             **attack_kwargs(args, out), **typing,
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
-            safety_mix_category_reference=str(shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"),
+            safety_mix_category_reference=str(category_reference_path(args)),
             safety_mix_category_min_similarity=args.mix_category_min_similarity,
         )  # fmt: skip
         benign = [r for r in rows if not r["harmful"]]
@@ -434,6 +434,25 @@ def contrast_pool_path(args) -> Path:
     never read each other's."""
     suffix = "" if args.mix_contrast_pool == "templates" else f"_{_slug(args.mix_contrast_pool)}"
     return RESULTS / f"contrast_pool{suffix}.jsonl"
+
+
+HARMBENCH_VAL_REFERENCE = RESULTS / "category_reference_harmbench_val.jsonl"  # harmbench_val_reference() rows
+
+
+def category_reference_path(args) -> Path:
+    """The prototypes' rows for inferred categories: the BeaverTails sample (14 categories) or HarmBench's val-split
+    standard behaviors (written by main())."""
+    if args.mix_category_reference == "harmbench-val":
+        return HARMBENCH_VAL_REFERENCE
+    return shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"
+
+
+def harmbench_val_reference() -> list[dict]:
+    """HarmBench's val-split standard behaviors with their semantic category. The refusal measurement reads the test
+    split only, so these prompts name the evaluation's taxonomy without being evaluated on."""
+    with open(shared_data_dir() / "harmbench" / "harmbench_behaviors_text_val.csv", newline="") as f:
+        return [{"prompt": r["Behavior"], "category": r["SemanticCategory"]} for r in csv.DictReader(f)
+                if r["FunctionalCategory"] == "standard"]  # fmt: skip
 
 
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
@@ -527,6 +546,8 @@ def _variants(args, typed: bool, ordered: bool, mixing: bool, categorized: bool)
         variants.append(f"contrast x{args.mix_contrast_ratio:g}{pairing}{data_rows}")
     if categorized and args.mix_category_min_similarity != RECORDED_CATEGORY_MIN_SIMILARITY:
         variants.append(_category_text(args, short=True))
+    if categorized and args.mix_category_reference != "beavertails":
+        variants.append("HarmBench categories")
     return variants
 
 
@@ -792,10 +813,15 @@ def _category_source_text(args, data) -> str:
             f"true categories: level 2 of SALAD-Bench's taxonomy, {len(sizes)} tasks of {min(sizes)} to {max(sizes)} "
             "rows"
         )
-    return (
-        "categories inferred by nearest prototype of the BeaverTails sample's 14 categories, model hidden states; "
-        f"{_category_text(args)}"
-    )
+    if args.mix_category_reference == "harmbench-val":
+        reference = harmbench_val_reference()
+        prototypes = (
+            f"HarmBench's {len({r['category'] for r in reference})} semantic categories, prototypes from its "
+            f"{len(reference)} val-split standard behaviors (the refusal measurement uses the test split)"
+        )
+    else:
+        prototypes = "the BeaverTails sample's 14 categories"
+    return f"categories inferred by nearest prototype of {prototypes}, model hidden states; {_category_text(args)}"
 
 
 def _typing_text(args, mix_rows: list[dict], data) -> str:
@@ -962,6 +988,12 @@ def main() -> None:
         "(safety_mix_category_min_similarity); 'none' = every row takes its nearest category, the library default. "
         f"Default {RECORDED_CATEGORY_MIN_SIMILARITY:g}, the setting of the mixing sections recorded before the option",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-category-reference", default="beavertails", choices=("beavertails", "harmbench-val"),
+        help="sss/pss/cossim arms on a pool without categories: prototypes from the BeaverTails sample (14 "
+        "categories) or from HarmBench's val-split standard behaviors (its 6 semantic categories; the refusal "
+        "measurement uses the test split only)",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/safety_outcome.py", *sys.argv[1:]])
@@ -976,6 +1008,8 @@ def main() -> None:
             "--mix-pool instructions: the probe options (--mix-typing probe, --mix-most-harmful-first) fit on "
             "rows of this pool; use --mix-pool stl with them"
         )
+    if args.mix_pool == "salad" and args.mix_category_reference != "beavertails":
+        parser.error("--mix-category-reference: the salad pool carries its true categories; nothing is inferred")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"--arms: unknown arm {unknown[0]!r}; names: filter, mix, {', '.join(FILTER_ARMS)}, mix ...")
@@ -989,6 +1023,7 @@ def main() -> None:
     if args.mix_typing == "probe":  # only STL runs take it (main() refuses the probe with the instructions pool)
         MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
     HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
+    HARMBENCH_VAL_REFERENCE.write_text("\n".join(json.dumps(r) for r in harmbench_val_reference()))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
     if args.mix_contrast_ratio:
