@@ -23,12 +23,28 @@ def write_section(mark: str, title: str, body: str) -> None:
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def read_shared_jsonl(relative: str) -> list[dict]:
-    """Rows of a jsonl file under ../shared/data; exits with a clear message when it is missing."""
-    import json
+def _shared_path(relative: str) -> Path:
+    """A file under ../shared/data; exits with a clear message when it is missing."""
     import sys
 
     path = SHARED_DATA / relative
     if not path.is_file():
         sys.exit(f"missing shared dataset {path}: the benchmarks need ../shared/data beside the checkout")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return path
+
+
+def read_shared_jsonl(relative: str) -> list[dict]:
+    """Rows of a jsonl file under ../shared/data."""
+    import json
+
+    return [json.loads(line) for line in _shared_path(relative).read_text().splitlines() if line.strip()]
+
+
+def harmbench_standard(split: str) -> list[dict]:
+    """HarmBench's standard behaviors of one split ("val" or "test") as `prompt` and `category` (its semantic
+    category)."""
+    import csv
+
+    with open(_shared_path(f"harmbench/harmbench_behaviors_text_{split}.csv"), newline="") as f:
+        return [{"prompt": r["Behavior"], "category": r["SemanticCategory"]} for r in csv.DictReader(f)
+                if r["FunctionalCategory"] == "standard"]  # fmt: skip

@@ -5,7 +5,9 @@ categories are right. This measures the shipped inference (`safetrainer.samplers
 middle-layer instruction states) on prompts whose category is known: BeaverTails (14 categories), JailbreakBench
 (10) and StrongREJECT (6). `nearest` gets prototypes from the other folds of the same set (5-fold, stratified) and,
 for BeaverTails, also from the built-in reference (`builtin:harm_categories`, the default); `kmeans` clusters each set
-with k = its number of categories. It also reports the share of the Safety-Tuned LLaMAs pool left uncategorized.
+with k = its number of categories. HarmBench's test-split standard behaviors (6 semantic categories) take their
+prototypes from its val split, as the safety-outcome benchmark's `--mix-category-reference harmbench-val` does. It
+also reports the share of the Safety-Tuned LLaMAs pool left uncategorized.
 
     python benchmarks/categories.py [--model PATH_OR_ID] [--pool-n 500]
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import SHARED_DATA, read_shared_jsonl, write_section
+from _report import SHARED_DATA, harmbench_standard, read_shared_jsonl, write_section
 from sklearn.metrics import adjusted_mutual_info_score
 from sklearn.model_selection import StratifiedKFold
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,6 +128,19 @@ def main() -> None:
                     scores = nearest_scores(categories, truth)
                     table.append((f"{name} ({len(rows)})", DEFAULT_CATEGORY_REFERENCE, k, min_similarity, scores, None))
                     print(table[-1], flush=True)
+        test, val = harmbench_standard("test"), harmbench_standard("val")
+        reference = Path(tmp) / "harmbench_val.jsonl"
+        reference.write_text("".join(json.dumps(r) + "\n" for r in val))
+        truth = [r["category"] for r in test]
+        k = len(set(truth))
+        ami = kmeans_ami(test, embedder, args.seed)
+        for min_similarity in MIN_SIMILARITIES:
+            categories = infer_nearest([r["prompt"] for r in test], str(reference), embedder, min_similarity)
+            scores = nearest_scores(categories, truth)
+            table.append(
+                (f"HarmBench test ({len(test)})", f"HarmBench val ({len(val)})", k, min_similarity, scores, ami)
+            )
+            print(table[-1], flush=True)
 
     pool_prompts = sorted({r["prompt"] for r in read_shared_jsonl(POOL[1])})
     random.Random(args.seed).shuffle(pool_prompts)

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from _borderline import borderline_requests, max_jaccard, overlap_with, word_set
+from _report import harmbench_standard, write_section
 from _report import read_shared_jsonl as read_jsonl
-from _report import write_section
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -450,9 +450,7 @@ def category_reference_path(args) -> Path:
 def harmbench_val_reference() -> list[dict]:
     """HarmBench's val-split standard behaviors with their semantic category. The refusal measurement reads the test
     split only, so these prompts name the evaluation's taxonomy without being evaluated on."""
-    with open(shared_data_dir() / "harmbench" / "harmbench_behaviors_text_val.csv", newline="") as f:
-        return [{"prompt": r["Behavior"], "category": r["SemanticCategory"]} for r in csv.DictReader(f)
-                if r["FunctionalCategory"] == "standard"]  # fmt: skip
+    return harmbench_standard("val")
 
 
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
