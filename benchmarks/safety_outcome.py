@@ -815,7 +815,7 @@ def _category_source_text(args, data) -> str:
         reference = harmbench_val_reference()
         prototypes = (
             f"HarmBench's {len({r['category'] for r in reference})} semantic categories, prototypes from its "
-            f"{len(reference)} val-split standard behaviors (the refusal measurement uses the test split)"
+            f"{len(reference)} val-split standard behaviors, which are never evaluated on"
         )
     else:
         prototypes = "the BeaverTails sample's 14 categories"
