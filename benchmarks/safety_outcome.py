@@ -436,7 +436,9 @@ def contrast_pool_path(args) -> Path:
     return RESULTS / f"contrast_pool{suffix}.jsonl"
 
 
-HARMBENCH_VAL_REFERENCE = RESULTS / "category_reference_harmbench_val.jsonl"  # harmbench_val_reference() rows
+# HarmBench's val-split standard behaviors (`harmbench_standard("val")`), written by main(): the refusal measurement
+# reads the test split only, so they name the evaluation's taxonomy without being evaluated on.
+HARMBENCH_VAL_REFERENCE = RESULTS / "category_reference_harmbench_val.jsonl"
 
 
 def category_reference_path(args) -> Path:
@@ -445,12 +447,6 @@ def category_reference_path(args) -> Path:
     if args.mix_category_reference == "harmbench-val":
         return HARMBENCH_VAL_REFERENCE
     return shared_data_dir() / "beavertails" / "beavertails_sample.norm.jsonl"
-
-
-def harmbench_val_reference() -> list[dict]:
-    """HarmBench's val-split standard behaviors with their semantic category. The refusal measurement reads the test
-    split only, so these prompts name the evaluation's taxonomy without being evaluated on."""
-    return harmbench_standard("val")
 
 
 MIX_STRATEGIES = ("random", "sss", "sss-b", "pss-b", "cossim-b")
@@ -812,7 +808,7 @@ def _category_source_text(args, data) -> str:
             "rows"
         )
     if args.mix_category_reference == "harmbench-val":
-        reference = harmbench_val_reference()
+        reference = harmbench_standard("val")
         prototypes = (
             f"HarmBench's {len({r['category'] for r in reference})} semantic categories, prototypes from its "
             f"{len(reference)} val-split standard behaviors, which are never evaluated on"
@@ -1021,7 +1017,7 @@ def main() -> None:
     if args.mix_typing == "probe":  # only STL runs take it (main() refuses the probe with the instructions pool)
         MIX_POOL_UNLABELLED.write_text("\n".join(json.dumps(pairs([r])[0]) for r in data["mix_pool"]))
     HARM_REFERENCE.write_text("\n".join(json.dumps(r) for r in data["harm_reference"]))
-    HARMBENCH_VAL_REFERENCE.write_text("\n".join(json.dumps(r) for r in harmbench_val_reference()))
+    HARMBENCH_VAL_REFERENCE.write_text("\n".join(json.dumps(r) for r in harmbench_standard("val")))
     rows = [{"label": "base SmolLM2-135M-Instruct", "metrics": measure(args, "base", Path(base), None, data)}]
     aligned = align(args, base, data)
     if args.mix_contrast_ratio:
