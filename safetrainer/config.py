@@ -428,11 +428,6 @@ class SafetyAwareSFTConfig(SFTConfig):
         self._validate_online_fields()
         if self.safety_scoring_batch_size < 1:
             raise ValueError(f"safety_scoring_batch_size: must be >= 1, got {self.safety_scoring_batch_size}.")
-        if self.safety_scorers and self.packing:
-            raise ValueError(
-                "safety_scorers: filtering needs one row per sample, but packing=True merges rows; "
-                "set packing=False or safety_scorers=[]."
-            )
 
     def _validate_mix_fields(self) -> None:
         self.safety_mix_strategy = self.safety_mix_strategy.strip().lower().replace("_", "-")
@@ -458,11 +453,6 @@ class SafetyAwareSFTConfig(SFTConfig):
         check_category_min_similarity(self.safety_mix_category_min_similarity)
         if self.safety_mix_num_clusters < 1:
             raise ValueError(f"safety_mix_num_clusters: must be >= 1, got {self.safety_mix_num_clusters}.")
-        if self.safety_mix_pool is not None and self.packing:
-            raise ValueError(
-                "safety_mix_pool: mixing adds rows with their own sample_idx, but packing=True merges rows; set "
-                "packing=False or leave safety_mix_pool unset."
-            )
 
     def _validate_online_fields(self) -> None:
         if self.safety_online_every_steps < 0:
@@ -478,8 +468,9 @@ class SafetyAwareSFTConfig(SFTConfig):
             return
         if self.packing:
             raise ValueError(
-                "safety_online_every_steps: online dropping needs one row per sample, but packing=True merges rows; "
-                "set packing=False or safety_online_every_steps=0."
+                "safety_online_every_steps: online dropping masks and re-draws single samples during training, but "
+                "packing=True merges them into packed sequences; set packing=False or safety_online_every_steps=0 "
+                "(the pre-training filter and mixing work with packing)."
             )
         if self.safety_online_mode == "cheap" and (self.activation_checkpointing or self.gradient_checkpointing):
             raise ValueError(

@@ -39,7 +39,8 @@ def build_table(
     kept_why = "kept (no filter)" if result is None else "kept: below threshold"
     reason = [kept_why] * num_rows + [f"kept: {why}" for _, why in mixed]
     num_tokens = [None] * total
-    scores: dict[str, list] = {} if result is None else {f"score_{n}": [math.nan] * total for n in result.scores}
+    # A row without a score (rejected, or a mixed sample the filter does not score) has none: null, never NaN.
+    scores: dict[str, list] = {} if result is None else {f"score_{n}": [None] * total for n in result.scores}
     for idx, why in rejected.items():
         decision[idx], reason[idx] = REJECTED, why
     if result is not None:
@@ -54,12 +55,6 @@ def build_table(
                     f"{result.decided_on} score {decided[row]:.4g} >= threshold {result.decision.threshold:.4g} "
                     f"({result.decision.policy})"
                 )
-            elif not np.isfinite(decided[row]):
-                reason[idx] = "kept: unscored (no response tokens to score)"
-        scored = set(result.sample_idx.tolist())
-        for idx in range(num_rows):
-            if decision[idx] == KEPT and idx not in scored:
-                reason[idx] = "kept: unscored (not in the scoring pass)"
     return {
         "sample_idx": list(range(total)),
         "source": ["train"] * num_rows + ["mix"] * len(mixed),

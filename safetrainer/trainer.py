@@ -3,8 +3,8 @@ sample's fate."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import itertools
 import json
 import logging
 from pathlib import Path
@@ -13,19 +13,23 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets
 from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from trl import SFTTrainer
+from trl import SFTTrainer, pack_dataset
 
 from .callbacks import OnlineFIHSCallback
 from .config import SafetyAwareSFTConfig
 from .data import (
+    CONVERTED_FORMATS,
     SAMPLE_IDX,
+    PreparedInput,
     SampleIdxCollator,
+    TokenizedPair,
+    input_format,
+    mixed_row_format,
     pair_texts,
     prepare_input,
     preview_text,
     rows_like,
-    to_prompt_completion,
-    tokenize_pair,
+    trained_example,
 )
 from .distributed import broadcast_object, rank_and_world_size
 from .models import resolve_model_path
@@ -44,23 +48,24 @@ from .scoring import build_scorers, score_and_decide
 
 logger = logging.getLogger(__name__)
 
-_CONVERTED_FORMATS = ("alpaca", "prompt_response")
-
 
 class SafetyAwareSFTTrainer(SFTTrainer):
     """`SFTTrainer` with a pre-training safety filter pass and a per-sample report.
 
     Takes the same arguments as `SFTTrainer`. `args` may be a `SafetyAwareSFTConfig` (plain `SFTConfig` and
-    `TrainingArguments` are converted, with safety filtering off). Besides what SFTTrainer accepts, the training set
-    may be Alpaca-style (`instruction`/`input`/`output`) or `prompt`/`response`; those rows are converted to
-    conversational prompt/completion. Every row gets a `sample_idx` (its 0-based index in the dataset given here),
-    which survives TRL's preparation, so the report can say what happened to each row.
+    `TrainingArguments` are converted, with every safety feature off). With every safety feature off it is
+    SFTTrainer: the data, the collator and the training go through TRL untouched, and TRL's own errors reach you.
+    Besides what SFTTrainer accepts, the training set may be Alpaca-style (`instruction`/`input`/`output`) or
+    `prompt`/`response`; those rows are converted to conversational prompt/completion.
 
-    Before the dataloader is built, `train()` runs the pre-training pass, so step counts and the learning-rate schedule
-    match the final set: with `args.safety_mix_pool` set it adds a budget of safety samples chosen from the pool (their
-    `sample_idx` continue after the input rows'; see `safetrainer.samplers`); with `args.safety_scorers` set it scores
-    every prepared sample and drops the riskiest according to the threshold policy (mixed samples only with
-    `safety_mix_filterable`); it then writes the report. With both off, training is exactly SFTTrainer's.
+    With a safety feature on, every row gets a `sample_idx` (its 0-based index in the dataset given here), which
+    survives TRL's preparation, so the report can say what happened to each row. Before the dataloader is built,
+    `train()` runs the pre-training pass, so step counts and the learning-rate schedule match the final set: with
+    `args.safety_mix_pool` set it adds a budget of safety samples chosen from the pool (their `sample_idx` continue
+    after the input rows'; see `safetrainer.samplers`); with `args.safety_scorers` set it scores every prepared sample,
+    on the tokens TRL will train on, and drops the riskiest according to the threshold policy (mixed samples only with
+    `safety_mix_filterable`); it then writes the report. With `packing=True`, scoring, dropping and mixing see the
+    unpacked rows, which are packed afterwards.
     """
 
     def __init__(
@@ -76,26 +81,35 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         args = _as_safety_config(args, model)
         if isinstance(model, str):
             model = resolve_model_path(model)
-        self._safety_input = None
-        if isinstance(train_dataset, Dataset):
-            self._safety_input = prepare_input(train_dataset, args.safety_invalid_rows, args.dataset_text_field)
+        formatting_func = kwargs.get("formatting_func")
+        self._safety_input: PreparedInput | None = None
+        self._deferred_packing = False
+        if args.filter_enabled or args.mix_enabled or args.online_enabled:
+            if not isinstance(train_dataset, Dataset):
+                raise TypeError(
+                    f"{_enabled_features(args)}: need a map-style `datasets.Dataset` train_dataset (every sample is "
+                    f"scored or numbered before training), got {type(train_dataset).__name__}; turn the safety "
+                    "features off to train on it as SFTTrainer does."
+                )
+            processing_class = processing_class or AutoTokenizer.from_pretrained(_model_name(model))
+            self._safety_input = prepare_input(
+                train_dataset, args.safety_invalid_rows, args.dataset_text_field, formatting_func,
+                getattr(processing_class, "tokenizer", processing_class),
+            )  # fmt: skip
+            if args.mix_enabled:
+                mixed_row_format(self._safety_input)  # fails here, before any model work, when mixing cannot render
             train_dataset = self._safety_input.dataset
-        elif args.filter_enabled or args.mix_enabled or args.online_enabled:
-            raise TypeError(
-                "safety_scorers, safety_mix_pool and safety_online_every_steps need a map-style `datasets.Dataset` "
-                f"train_dataset, got {type(train_dataset).__name__}."
-            )
-        if self._safety_input is not None and self._safety_input.input_format != "text":
-            processing_class = processing_class or AutoTokenizer.from_pretrained(
-                model if isinstance(model, str) else model.config._name_or_path
-            )
             _check_chat_template(processing_class, self._safety_input, args)
+        else:
+            train_dataset, processing_class = _converted(train_dataset, processing_class, model, args, formatting_func)
+        eval_dataset = _converted_eval(eval_dataset, processing_class, model, args, formatting_func)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
-        self.data_collator = SampleIdxCollator(self.data_collator)
         self._online: OnlineFIHSCallback | None = None
-        if args.online_enabled:
-            self._online = OnlineFIHSCallback()
-            self.add_callback(self._online)
+        if self._safety_input is not None:
+            self.data_collator = SampleIdxCollator(self.data_collator)
+            if args.online_enabled:
+                self._online = OnlineFIHSCallback()
+                self.add_callback(self._online)
         # Callbacks cannot reach the trainer through Trainer's event arguments; hand it to those that need it.
         for callback in self.callback_handler.callbacks:
             if hasattr(callback, "attach") and getattr(callback, "trainer", None) is None:
@@ -118,8 +132,8 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         return output
 
     def filter_train_dataset(self) -> dict[str, Any] | None:
-        """Mix in safety samples, score, decide and drop; write the report. Returns the report summary (None when there
-        is nothing to report).
+        """Mix in safety samples, score, decide and drop; write the report; pack when packing was deferred. Returns
+        the report summary (None with every safety feature off).
 
         Called by `train()`; call it directly to score without training (what `safetrainer score` does). Runs once
         per trainer: later calls return the first summary.
@@ -128,8 +142,8 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             return self.safety_summary
         self._safety_filter_done = True
         args: SafetyAwareSFTConfig = self.args
-        if self._safety_input is None or SAMPLE_IDX not in self.train_dataset.column_names:
-            return None  # iterable or packed data: no per-row identity to report on
+        if self._safety_input is None:
+            return None
         prepared_idx = self.train_dataset[SAMPLE_IDX]
         rejected = dict(self._safety_input.rejected) | self._removed_by_preparation(prepared_idx)
         if args.mix_enabled:
@@ -137,42 +151,17 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             rejected |= self._mix_removed_by_preparation()
         result = None
         if args.filter_enabled:
-            present = self.train_dataset[SAMPLE_IDX]
-            scored = [i for i in present if i < self._safety_input.num_rows or args.safety_mix_filterable]
-            # Scoring runs at the training's precision (bf16 autocast when training uses it), so it costs per token
-            # what the training it guards costs (float32 scoring beside bf16 training took 2.1x as long on a CPU).
-            with self.accelerator.autocast():
-                result = score_and_decide(
-                    self.model,
-                    self._safety_tokenizer,
-                    self._scoring_candidates(scored),
-                    build_scorers(args),
-                    args.safety_threshold_policy,
-                    args.safety_threshold_value,
-                    batch_size=args.safety_scoring_batch_size,
-                    max_length=args.max_length,
-                    show_progress=not args.disable_tqdm,
-                    ensemble=args.safety_ensemble,
-                    projection_dim=args.safety_projection_dim,
-                    projection_seed=args.safety_projection_seed,
-                    gmm_margin=args.safety_gmm_margin,
-                    gradient_blocks=args.safety_gradient_blocks,
-                )
-            dropped = set(result.sample_idx[~result.decision.keep].tolist())
-            if len(dropped) == len(scored):
-                raise ValueError(
-                    f"The safety filter would drop all {len(dropped)} samples ({result.decision.policy}); raise the "
-                    "threshold (safety_threshold_value) or lower the fraction/count to drop."
-                )
-            self.train_dataset = self.train_dataset.select(
-                [pos for pos, idx in enumerate(present) if idx not in dropped]
-            )
+            result, unscorable = self._score(rejected)
+            rejected |= {idx: f"unscorable: {why}" for idx, why in unscorable.items()}
         table = build_table(
             self._safety_input.num_rows, self._safety_input.previews, rejected, result, self._mix_report_rows()
         )
         extra = {"input_format": self._safety_input.input_format, "model": self.model.config._name_or_path}
         if self.safety_mix is not None:
             extra["safety_mix"] = self.safety_mix.summary()
+        if self._deferred_packing:
+            self.train_dataset = self._pack(self.train_dataset)
+            extra["packing"] = {"strategy": args.packing_strategy, "packed_sequences": len(self.train_dataset)}
         summary = build_summary(table, result, args.safety_dict(), extra)
         for key, value in counts(table).items():
             self._metrics["train"][f"safety/{key}"] = [float(value)]
@@ -184,6 +173,51 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             logger.info("Safety report: %s (%s)", report_dir, _counts_line(summary["counts"]))
         self.safety_summary = summary
         return summary
+
+    def _score(self, rejected: dict[int, str]):
+        """Score the prepared rows the filter may drop, decide, and keep the rest; returns the scoring result and the
+        rows that could not be scored (with the reason), which leave the training set too."""
+        args: SafetyAwareSFTConfig = self.args
+        present = self.train_dataset[SAMPLE_IDX]
+        scored = [i for i in present if i < self._safety_input.num_rows or args.safety_mix_filterable]
+        candidates, unscorable = self._scoring_candidates(scored)
+        scorers = build_scorers(args)
+        _check_boundaries(scorers, candidates, self._safety_input, args.dataset_text_field)
+        # Scoring runs at the training's precision (bf16 autocast when training uses it), so it costs per token what
+        # the training it guards costs (float32 scoring beside bf16 training took 2.1x as long on a CPU).
+        with self.accelerator.autocast():
+            result = score_and_decide(
+                self.model,
+                self._safety_tokenizer,
+                candidates,
+                scorers,
+                args.safety_threshold_policy,
+                args.safety_threshold_value,
+                batch_size=args.safety_scoring_batch_size,
+                max_length=args.max_length,
+                show_progress=not args.disable_tqdm,
+                ensemble=args.safety_ensemble,
+                projection_dim=args.safety_projection_dim,
+                projection_seed=args.safety_projection_seed,
+                gmm_margin=args.safety_gmm_margin,
+                gradient_blocks=args.safety_gradient_blocks,
+            )
+        unscorable |= result.unscorable
+        if not len(result.sample_idx):
+            first = next(iter(unscorable.items()), None)
+            raise ValueError(
+                f"safety_scorers: none of the {len(scored)} samples could be scored"
+                + (f" (e.g. sample {first[0]}: {first[1]})." if first else ".")
+            )
+        dropped = set(result.sample_idx[~result.decision.keep].tolist())
+        if len(dropped) == len(result.sample_idx):
+            raise ValueError(
+                f"The safety filter would drop all {len(dropped)} samples ({result.decision.policy}); raise the "
+                "threshold (safety_threshold_value) or lower the fraction/count to drop."
+            )
+        leaving = dropped | set(unscorable)
+        self.train_dataset = self.train_dataset.select([pos for pos, idx in enumerate(present) if idx not in leaving])
+        return result, unscorable
 
     @property
     def _safety_tokenizer(self):
@@ -214,9 +248,21 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         self.safety_mix = outcome
         table = outcome.table()
         self._safety_mix_rows = rows_like(
-            self._safety_input, table["prompt"], table["response"], first_idx=self._safety_input.num_rows
+            self._safety_input, table["prompt"], table["response"], self._safety_input.num_rows, self._safety_tokenizer
         )
-        prepared = self._prepare_dataset(self._safety_mix_rows, self.processing_class, args, False, None, "safety_mix")
+        formatting_func = self._formatting_func if self._safety_input.input_format == "formatted" else None
+        try:
+            prepared = self._prepare_train_rows(
+                self._safety_mix_rows, self.processing_class, args, formatting_func, "safety_mix"
+            )
+        except Exception as err:  # the user's formatting_func, on rows that carry only the columns safetrainer fills
+            if formatting_func is None:
+                raise
+            columns = [c for c in self._safety_mix_rows.column_names if c != SAMPLE_IDX]
+            raise ValueError(
+                f"safety_mix_pool: formatting_func failed on a mixed safety sample ({type(err).__name__}: {err}); "
+                f"mixed samples carry only the columns {columns}, so the function must format rows from those alone."
+            ) from err
         self.train_dataset = concatenate_datasets([self.train_dataset, _columns_like(prepared, self.train_dataset)])
         logger.info("Safety mix: %d samples (%s) from %s", len(outcome), outcome.strategy, args.safety_mix_pool)
 
@@ -236,7 +282,7 @@ class SafetyAwareSFTTrainer(SFTTrainer):
         if args.safety_mix_contrast_pool is not None:
             contrast = load_pool(args.safety_mix_contrast_pool, judge=args.safety_mix_judge,
                                  harmful_classifier=classifier, contrast=True)  # fmt: skip
-        train_pairs = pair_texts(self._safety_input) if base == "cossim" else None
+        train_pairs = self._train_pairs() if base == "cossim" else None
         return select_safety_mix(
             pool,
             args.safety_mix_strategy,
@@ -273,25 +319,63 @@ class SafetyAwareSFTTrainer(SFTTrainer):
             )
         ]  # fmt: skip
 
-    def _scoring_candidates(self, prepared_idx: list[int]):
-        if self._safety_input.input_format == "text":
-            raise ValueError(
-                "safety_scorers: the scorers compare prompt and response, but this dataset is plain `text` with no "
-                "prompt/response boundary; give messages, prompt/completion, prompt/response or Alpaca rows."
-            )
-        wanted = set(prepared_idx)
-        candidates = []
-        sources = [self._safety_input.dataset]
-        if self._safety_mix_rows is not None and self.args.safety_mix_filterable:
-            sources.append(self._safety_mix_rows)
+    def _scoring_candidates(self, sample_idx) -> tuple[list[TokenizedPair], dict[int, str]]:
+        """The scoring examples of the prepared training rows in `sample_idx` (the tokens TRL trains on), and the reason
+        for each of those rows that has nothing to score."""
+        wanted = set(sample_idx)
+        formatted = self._safety_input.input_format == "formatted"
+        candidates, unscorable = [], {}
         # One sequential pass over the rows: random row access on an Arrow dataset is slow for large sets.
-        for row in itertools.chain(*sources):
-            idx = row[SAMPLE_IDX]
-            pair = to_prompt_completion(row) if idx in wanted else None
-            example = None if pair is None else tokenize_pair(self._safety_tokenizer, *pair, idx, self.args.max_length)
-            if example is not None:
+        for row in self.train_dataset:
+            if row[SAMPLE_IDX] not in wanted:
+                continue
+            example = trained_example(
+                row, self._safety_tokenizer, self.args.max_length, formatted, self._safety_input.raw_format
+            )
+            if isinstance(example, str):
+                unscorable[row[SAMPLE_IDX]] = example
+            else:
                 candidates.append(example)
-        return candidates
+        return candidates, unscorable
+
+    def _train_pairs(self) -> tuple[list[str], list[str]]:
+        """(prompts, responses) of the training rows as text, for Cossim's target: the rows' own text where they have
+        it, else their trained tokens decoded."""
+        if self._safety_input.input_format not in ("tokenized", "formatted"):
+            return pair_texts(self._safety_input)
+        examples, _ = self._scoring_candidates(self.train_dataset[SAMPLE_IDX])
+        decode = self._safety_tokenizer.decode
+        prompts = [decode(e.input_ids[: e.prompt_len], skip_special_tokens=True) for e in examples]
+        responses = [decode(e.input_ids[e.prompt_len :], skip_special_tokens=True) for e in examples]
+        return prompts, responses
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Packing: prepared unpacked while safety features need per-row identity, packed after the pre-training pass
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if dataset_name == "train" and packing and self._safety_input is not None:
+            if args.max_length is None:
+                raise ValueError("When packing is enabled, `max_length` can't be `None`.")
+            self._deferred_packing = True
+            return self._prepare_train_rows(dataset, processing_class, args, formatting_func, dataset_name)
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _prepare_train_rows(self, dataset: Dataset, processing_class, args, formatting_func, name: str) -> Dataset:
+        """TRL's preparation of training rows (the input's or mixed ones), unpacked; with deferred packing also
+        untruncated, as TRL leaves sequences for packing to cut. (Called before `Trainer.__init__` sets `self.args`.)"""
+        if self._deferred_packing:
+            args = copy.copy(args)
+            args.max_length = None
+        return super()._prepare_dataset(dataset, processing_class, args, False, formatting_func, name)
+
+    def _pack(self, dataset: Dataset) -> Dataset:
+        """Pack the kept rows as TRL's preparation does with `packing=True` (shuffled before and after)."""
+        args = self.args
+        dataset = dataset.select_columns(["input_ids", "labels"])
+        if args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        dataset = pack_dataset(dataset, args.max_length, args.packing_strategy, {"num_proc": args.dataset_num_proc})
+        return dataset.shuffle(seed=args.seed) if args.shuffle_dataset else dataset
 
     # ------------------------------------------------------------------------------------------------------------
     # Online filtering: constant-length sampler, label masking, per-step scores, checkpoint sidecar
@@ -401,21 +485,79 @@ def _as_safety_config(args, model) -> SafetyAwareSFTConfig:
     raise TypeError(f"args must be a SafetyAwareSFTConfig, SFTConfig or TrainingArguments, got {type(args).__name__}.")
 
 
-def _check_chat_template(processing_class, prepared, args) -> None:
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    conversational = prepared.input_format in (*_CONVERTED_FORMATS, "messages") or isinstance(
-        prepared.dataset[0].get("prompt"), list
-    )
-    if conversational and not getattr(tokenizer, "chat_template", None) and args.chat_template_path is None:
-        how = (
-            f"{prepared.input_format} rows are converted to chat messages"
-            if prepared.input_format in _CONVERTED_FORMATS
-            else "the dataset is conversational"
-        )
+def _enabled_features(args: SafetyAwareSFTConfig) -> str:
+    names = ("safety_scorers", "safety_mix_pool", "safety_online_every_steps")
+    on = (args.filter_enabled, args.mix_enabled, args.online_enabled)
+    return ", ".join(name for name, enabled in zip(names, on, strict=True) if enabled)
+
+
+def _model_name(model) -> str:
+    return model if isinstance(model, str) else model.config._name_or_path
+
+
+def _converted(dataset, processing_class, model, args, formatting_func, invalid_rows: str | None = None):
+    """With every safety feature off: a dataset SFTTrainer can train on passes untouched; Alpaca and prompt/response
+    rows, which it cannot, are checked and converted to conversational prompt/completion. Returns (dataset,
+    processing_class), the tokenizer loaded when the conversion needs its chat template."""
+    if not isinstance(dataset, Dataset) or len(dataset) == 0:
+        return dataset, processing_class
+    fmt = input_format(dataset.column_names, args.dataset_text_field, formatting_func is not None)
+    if fmt not in CONVERTED_FORMATS:
+        return dataset, processing_class
+    prepared = prepare_input(dataset, invalid_rows or args.safety_invalid_rows, args.dataset_text_field)
+    if prepared.rejected:
+        logger.warning("Left out %d invalid rows (safety_invalid_rows='reject'): %s", len(prepared.rejected),
+                       "; ".join(f"row {i}: {why}" for i, why in list(prepared.rejected.items())[:5]))  # fmt: skip
+    processing_class = processing_class or AutoTokenizer.from_pretrained(_model_name(model))
+    _check_chat_template(processing_class, prepared, args)
+    return prepared.dataset.remove_columns(SAMPLE_IDX), processing_class
+
+
+def _converted_eval(eval_dataset, processing_class, model, args, formatting_func):
+    """Eval datasets in the converted formats are converted like the training set (invalid rows are an error)."""
+    if isinstance(eval_dataset, dict):
+        return {name: _converted_eval(ds, processing_class, model, args, formatting_func)
+                for name, ds in eval_dataset.items()}  # fmt: skip
+    return _converted(eval_dataset, processing_class, model, args, formatting_func, invalid_rows="error")[0]
+
+
+def _check_boundaries(scorers, candidates: list[TokenizedPair], prepared: PreparedInput, text_field: str) -> None:
+    """A scorer that compares prompt and response cannot score data with no prompt/response boundary at all: say so
+    for the input type, rather than rejecting every row."""
+    needing = [s.name for s in scorers if getattr(s, "needs_prompt", False)]
+    if needing and candidates and not any(e.prompt_len for e in candidates):
+        kind = {
+            "text": f"plain text (dataset_text_field={text_field!r})",
+            "tokenized": "pre-tokenized rows trained on every token (no -100 labels, assistant_masks, completion_mask)",
+            "formatted": "formatting_func text in which the row's response text was not found",
+        }.get(prepared.input_format, f"{prepared.input_format} rows")
         raise ValueError(
-            f"The tokenizer has no chat template, but {how}. Use a chat model's tokenizer, set "
-            "`tokenizer.chat_template` or `chat_template_path`, or give plain-string prompt/completion data."
+            f"safety_scorers: {', '.join(needing)} compare the prompt with the response, but the training data is "
+            f"{kind}, which has no prompt/response boundary. Use scorers that read the trained tokens alone (fihs, "
+            "seal, random, classifier), or give messages, prompt/completion, prompt/response or Alpaca rows, or "
+            "pre-tokenized rows whose labels are -100 on the prompt."
         )
+
+
+def _check_chat_template(processing_class, prepared: PreparedInput, args) -> None:
+    """Converted rows and conversations are rendered with the chat template, and so are safety samples mixed into
+    pre-tokenized data: fail before training when the tokenizer has none."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if getattr(tokenizer, "chat_template", None) or args.chat_template_path is not None:
+        return
+    sample = prepared.dataset[0]
+    if prepared.input_format in CONVERTED_FORMATS:
+        how = f"{prepared.input_format} rows are converted to chat messages"
+    elif prepared.input_format == "messages" or isinstance(sample.get("prompt"), list):
+        how = "the dataset is conversational"
+    elif prepared.input_format == "tokenized" and args.mix_enabled:
+        how = "safety samples mixed into pre-tokenized data are rendered with it"
+    else:
+        return
+    raise ValueError(
+        f"The tokenizer has no chat template, but {how}. Use a chat model's tokenizer, set "
+        "`tokenizer.chat_template` or `chat_template_path`, or give plain-string prompt/completion data."
+    )
 
 
 def _counts_line(c: dict[str, int]) -> str:

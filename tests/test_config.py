@@ -55,7 +55,6 @@ def test_scorers_accept_comma_string_and_list(tmp_path):
         ({"safety_invalid_rows": "skip"}, "safety_invalid_rows", "error, reject"),
         ({"safety_layer": -1}, "safety_layer", ">= 0"),
         ({"safety_scoring_batch_size": 0}, "safety_scoring_batch_size", ">= 1"),
-        ({"safety_scorers": "datashield", "packing": True}, "safety_scorers", "packing"),
         ({"safety_fihs_probe": "kl"}, "safety_fihs_probe", "logit_gap, nll, nll_contrast"),
         ({"safety_fihs_similarity": "l2"}, "safety_fihs_similarity", "dot, cosine"),
         ({"safety_fihs_tokens": "Sure"}, "safety_fihs_tokens", "two different"),

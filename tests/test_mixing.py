@@ -356,10 +356,9 @@ def test_mixed_rows_follow_the_training_format(tokenizer, tmp_path):
     trainer.filter_train_dataset()
     assert len(trainer.train_dataset) == 10  # 25% of 8 rows
     plain = [{"prompt": f"Q{i}: ", "completion": f"A{i}"} for i in range(4)]
-    trainer = safety_trainer(tokenizer, tmp_path, plain, safety_mix_pool="builtin:refusal_pool",
-                             safety_mix_strategy="random-b", safety_mix_budget=1)  # fmt: skip
-    with pytest.raises(ValueError, match="conversational training data"):
-        trainer.filter_train_dataset()
+    with pytest.raises(ValueError, match="prompt/completion with plain strings.*conversational training data"):
+        safety_trainer(tokenizer, tmp_path, plain, safety_mix_pool="builtin:refusal_pool",
+                       safety_mix_strategy="random-b", safety_mix_budget=1)  # fmt: skip
 
 
 def test_filterable_mix_is_scored_too(tokenizer, tmp_path):

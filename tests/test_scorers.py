@@ -188,7 +188,7 @@ def test_fihs_nll_contrast_probe_is_benign_nll_gradient_minus_harmful_nll_gradie
 
     def gradients(pairs, objective, desc):
         vectors = np.stack([nll_gradient[user[0]["content"]] for user, _ in pairs])
-        return GradientFeatures(np.arange(len(pairs)), np.ones(len(pairs)), vectors.astype(np.float16))
+        return GradientFeatures.from_vectors(np.arange(len(pairs)), np.ones(len(pairs)), vectors)
 
     context = SimpleNamespace(tokenize=lambda pairs: pairs, gradients=gradients)
     contrast = FIHSScorer([], Dataset.from_list(rows), probe="nll_contrast").fit(context)

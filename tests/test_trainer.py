@@ -8,6 +8,7 @@ from trl import SFTConfig, SFTTrainer
 
 from safetrainer import SafetyAwareSFTConfig, SafetyAwareSFTTrainer, load_data
 from safetrainer.data import SAMPLE_IDX
+from safetrainer.data.tokenization import response_positions
 
 from .conftest import make_tiny_llama
 
@@ -22,6 +23,10 @@ COMMON = dict(
     per_device_train_batch_size=2,
     learning_rate=1e-3,
 )
+
+
+# A safety feature that changes nothing: the random scorer dropping no row, so rows carry sample_idx and a report.
+KEEP_ALL = dict(safety_scorers=["random"], safety_threshold_value=0.0)
 
 
 def alpaca_rows(n=16):
@@ -43,6 +48,10 @@ def conversational(rows):
         }
         for r in rows
     ]
+
+
+def response_mask(example) -> list[bool]:
+    return response_positions([example], len(example.input_ids))[0].tolist()
 
 
 def losses(trainer):
@@ -75,7 +84,7 @@ def test_safety_off_loss_trajectory_equals_sfttrainer(tokenizer, tmp_path):
 def test_sample_idx_survives_truncation_filter_and_shuffle(tokenizer, tmp_path):
     rows = alpaca_rows(8)
     rows[3]["instruction"] = "word " * 200  # the prompt alone fills max_length: TRL drops the row
-    trainer = safety_trainer(tokenizer, tmp_path, rows, shuffle_dataset=True, max_steps=1)
+    trainer = safety_trainer(tokenizer, tmp_path, rows, shuffle_dataset=True, max_steps=1, **KEEP_ALL)
     ds = trainer.train_dataset
     assert sorted(ds[SAMPLE_IDX]) == [0, 1, 2, 4, 5, 6, 7] and ds[SAMPLE_IDX] != sorted(ds[SAMPLE_IDX])
     for row in ds:
@@ -88,7 +97,7 @@ def test_sample_idx_survives_truncation_filter_and_shuffle(tokenizer, tmp_path):
 
 
 def test_collator_carries_sample_idx_and_loss_ignores_it(tokenizer, tmp_path):
-    trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), max_steps=1)
+    trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), max_steps=1, **KEEP_ALL)
     batch = next(iter(trainer.get_train_dataloader()))
     assert SAMPLE_IDX in batch and sorted(batch[SAMPLE_IDX].tolist()) in (
         [0, 1],
@@ -130,7 +139,7 @@ def test_filter_pass_drops_before_the_dataloader_and_reports_every_row(tokenizer
     dropped_scores = [r["score_datashield"] for r in by_decision["dropped"]]
     kept_scores = [r["score_datashield"] for r in by_decision["kept"]]
     assert min(dropped_scores) >= max(kept_scores)
-    assert np.isnan(by_decision["rejected"][0]["score_datashield"])
+    assert by_decision["rejected"][0]["score_datashield"] is None
     assert set(trainer.train_dataset[SAMPLE_IDX]) == {r["sample_idx"] for r in by_decision["kept"]}
     assert all(r["prompt_preview"] for r in table)
 
@@ -216,12 +225,18 @@ def test_messages_rows_are_scored_before_their_last_assistant_turn(tokenizer, tm
         safety_threshold_value=1,
         max_steps=1,
     )
+    examples, unscorable = trainer._scoring_candidates(range(7))
+    responses = {e.sample_idx: tokenizer.decode([t for t, r in zip(e.input_ids, response_mask(e), strict=True) if r])
+                 for e in examples}  # fmt: skip
+    assert not unscorable and responses[0] == "Answer 0.<|im_end|>\n"
+    assert responses[6] == "Hello<|im_end|>\n"  # the final assistant turn, though a user turn follows it
+    assert tokenizer.decode(examples[6].input_ids[: examples[6].prompt_len]).endswith(
+        "Hi<|im_end|>\n<|im_start|>assistant\n"
+    )
     summary = trainer.filter_train_dataset()
     assert summary["counts"] == {"input": 7, "mixed": 0, "kept": 6, "dropped": 1, "rejected": 0}
     table = pq.read_table(tmp_path / "safety_report" / "scores.parquet").to_pydict()
-    assert table["reason"][6] == "kept: unscored (not in the scoring pass)"
-    assert all(np.isfinite(table["score_datashield"][:6])) and np.isnan(table["score_datashield"][6])
-    assert table["decision"].index("dropped") < 6
+    assert all(np.isfinite(table["score_datashield"]))
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -81,7 +81,7 @@ class OnlineFIHSCallback(TrainerCallback):
         vectors = self.routine.training_step_vectors()
         idx = np.asarray(sample_idx, dtype=np.int64)
         tokens = np.asarray(num_tokens, dtype=np.int64)
-        features = CandidateFeatures(idx, tokens, gradients=GradientFeatures(idx, tokens, vectors))
+        features = CandidateFeatures(idx, tokens, gradients=GradientFeatures.from_vectors(idx, tokens, vectors))
         for i, score in zip(idx.tolist(), self.scorer.score(features).tolist(), strict=True):
             if np.isfinite(score) and self.active.is_active(i):  # masked rows have no gradient, hence no score
                 self.pending[i] = float(score)
@@ -150,16 +150,16 @@ class OnlineFIHSCallback(TrainerCallback):
         trainer = self.trainer
         active = [i for i in trainer.train_dataset["sample_idx"] if self.active.is_active(i)]
         args = trainer.args
+        candidates, _ = trainer._scoring_candidates(active)  # a row with nothing to score keeps its last score
         with trainer.accelerator.autocast():  # the training's precision, as in the pre-training pass
             result = score_and_decide(
-                trainer.model, trainer._safety_tokenizer, trainer._scoring_candidates(active),
+                trainer.model, trainer._safety_tokenizer, candidates,
                 build_scorers(args, ["fihs"]), None, 0.0,
                 batch_size=args.safety_scoring_batch_size, max_length=args.max_length,
                 show_progress=False, projection_dim=args.safety_projection_dim,
                 projection_seed=args.safety_projection_seed, gradient_blocks=args.safety_gradient_blocks,
             )  # fmt: skip
-        values = result.scores["fihs"]
-        return {int(i): float(v) for i, v in zip(result.sample_idx, values, strict=True) if np.isfinite(v)}
+        return {int(i): float(v) for i, v in zip(result.sample_idx, result.scores["fihs"], strict=True)}
 
     def _new_drops(self, step: int) -> list[tuple[int, float, str]]:
         """(sample_idx, score, reason) of active samples the policy now drops, decided over every score so far.

@@ -8,11 +8,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TokenizedPair:
-    """One tokenized sequence: `input_ids[:prompt_len]` is the prompt, the rest the response."""
+    """One tokenized sequence: `input_ids[:prompt_len]` is the prompt, the rest the response.
+
+    `response_mask`, when given, marks the response tokens the scorers read (those the training's loss covers, or the
+    final assistant turn); unset, every token from `prompt_len` on is a response token. `prompt_len == 0` means the
+    sequence has no known prompt/response boundary (plain text, trained on every token): only scorers that read the
+    trained tokens alone (FIHS, SEAL, random, classifier) can score it.
+    """
 
     sample_idx: int
     input_ids: tuple[int, ...]
     prompt_len: int
+    response_mask: tuple[bool, ...] | None = None
 
 
 def tokenize_pair(
@@ -25,16 +32,12 @@ def tokenize_pair(
     response token is left after truncation to `max_length`.
     """
     if isinstance(prompt, list):
-        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-        full_ids = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
+        prompt_ids = chat_token_ids(tokenizer, prompt, add_generation_prompt=True)
+        full_ids = chat_token_ids(tokenizer, prompt + completion, add_generation_prompt=False)
     else:
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-    prompt_len = 0
-    for a, b in zip(prompt_ids, full_ids, strict=False):
-        if a != b:
-            break
-        prompt_len += 1
+    prompt_len = common_prefix_length(prompt_ids, full_ids)
     if max_length is not None:
         full_ids = full_ids[:max_length]
     if prompt_len == 0 or prompt_len >= len(full_ids):
@@ -47,7 +50,18 @@ def chat_pair(prompt: str, response: str) -> tuple[list[dict], list[dict]]:
     return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": response}]
 
 
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Number of leading token ids `a` and `b` share (where a rendered prompt stops matching the full sequence)."""
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    """Token ids of `messages` rendered with the tokenizer's chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "The tokenizer has no chat template, but the data is conversational. Use a chat model's tokenizer, set "
@@ -55,6 +69,19 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> l
         )
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def response_positions(batch: list[TokenizedPair], length: int):
+    """[B, length] bool tensor: True at each example's response tokens (padding excluded)."""
+    import torch
+
+    mask = torch.zeros(len(batch), length, dtype=torch.bool)
+    for row, example in enumerate(batch):
+        if example.response_mask is None:
+            mask[row, example.prompt_len : len(example.input_ids)] = True
+        else:
+            mask[row, : len(example.input_ids)] = torch.tensor(example.response_mask, dtype=torch.bool)
+    return mask
 
 
 def pad_right(batch: list[TokenizedPair], pad_token_id: int):

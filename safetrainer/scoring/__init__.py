@@ -4,8 +4,9 @@ policies and the filter pipeline.
 Every scorer follows one small interface: `fit(context)` on its reference data (a `ScoringContext` gives the shared
 feature routines), `candidate_request()` naming the hidden states it needs (None for none), `score(candidates)`
 returning one float per sample (higher = riskier), and `describe()` for the report. Optional attributes:
-`needs_gradients` (per-example gradients of the candidates), `needs_texts` (decoded prompt/response), `transductive`
-(scores need every candidate at once). Deciding is a separate step (`thresholds.decide`).
+`needs_gradients` (per-example gradients of the candidates), `needs_texts` (decoded prompt/response), `needs_prompt`
+(the score compares prompt and response, so sequences with no prompt/response boundary are unscorable for it),
+`transductive` (scores need every candidate at once). Deciding is a separate step (`thresholds.decide`).
 """
 
 from ..config import SCORER_NAMES

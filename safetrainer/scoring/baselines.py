@@ -56,6 +56,7 @@ class ReferenceSimilarityScorer:
     """
 
     name = "ref_similarity"
+    needs_prompt = True
 
     def __init__(self, reference: Dataset, layer: int | None = None):
         groups: dict[str, list] = {"harmful": [], "benign": [], "refusal": []}

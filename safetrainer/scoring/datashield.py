@@ -74,6 +74,7 @@ class DataShieldScorer:
     """
 
     name = "datashield"
+    needs_prompt = True
 
     def __init__(self, reference: Dataset, layer: int | None = None):
         self.pairs, self.ignored_reference_rows = _reference_pairs(reference)

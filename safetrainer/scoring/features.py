@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.tokenization import TokenizedPair, pad_right
+from ..data.tokenization import TokenizedPair, pad_right, response_positions
 
 # Poolings a scorer can request, per sample and layer:
 #   prompt_last   - the last prompt token (position P-1)
@@ -169,7 +169,7 @@ class HiddenStateExtractor:
         """Per pooling, a [B, T] weight matrix whose product with the hidden states gives the pooled vectors."""
         positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
         prompt_len = torch.tensor([e.prompt_len for e in batch]).unsqueeze(1)
-        is_response = (positions >= prompt_len) & attention_mask.bool()
+        is_response = response_positions(batch, input_ids.shape[1]) & attention_mask.bool()
         is_special = torch.isin(input_ids, self.special_token_ids)
         weights = {}
         if "prompt_last" in poolings:
@@ -188,7 +188,8 @@ class HiddenStateExtractor:
 
 def _content_mean(span: torch.Tensor, is_special: torch.Tensor) -> torch.Tensor:
     """Averaging weights over the non-special tokens of `span`; a span made only of special tokens still gets a
-    defined mean over all its tokens."""
+    defined mean over all its tokens, and an empty span (no prompt before a sequence with no known boundary) zero
+    weights rather than 0/0."""
     content = span & ~is_special
     content = torch.where(content.any(1, keepdim=True), content, span).float()
-    return content / content.sum(1, keepdim=True)
+    return content / content.sum(1, keepdim=True).clamp(min=1)

@@ -95,13 +95,13 @@ class FIHSScorer:
                 raise ValueError(f"safety_fihs_tokens: {self.tokens} resolve to the same token id {self.token_ids_}.")
             objective = first_token_logit_gap(*self.token_ids_)
             features = context.gradients(context.tokenize_prompts(self.probe_prompts), objective, "FIHS probe")
-            gradient = features.vectors.astype(np.float64).mean(0)
+            gradient = features.vectors().mean(0)
         else:
             features = context.gradients(context.tokenize(self.harmful_pairs), response_nll, "FIHS probe (NLL)")
-            gradient = -features.vectors.astype(np.float64).mean(0)  # S = -NLL of the harmful completions
+            gradient = -features.vectors().mean(0)  # S = -NLL of the harmful completions
             if self.benign_pairs:
                 benign = context.gradients(context.tokenize(self.benign_pairs), response_nll, "FIHS probe (benign)")
-                gradient += benign.vectors.astype(np.float64).mean(0)  # S += NLL of the benign completions
+                gradient += benign.vectors().mean(0)  # S += NLL of the benign completions
         self.zero_fraction_ = features.zero_fraction
         if not np.isfinite(gradient).all() or not np.any(gradient):
             raise ValueError(
@@ -115,15 +115,15 @@ class FIHSScorer:
         return None
 
     def score(self, candidates: CandidateFeatures) -> np.ndarray:
-        """FIHS per candidate (higher = riskier); NaN where a gradient is not finite."""
+        """FIHS per candidate (higher = riskier); NaN where a gradient is zero or not finite."""
         if self.probe_gradient_ is None:
             raise RuntimeError("FIHSScorer is not fitted; call fit() first.")
-        g = candidates.gradients.vectors.astype(np.float64)
-        scores = -(g @ self.probe_gradient_)
-        if self.similarity == "cosine":
-            norms = np.linalg.norm(g, axis=1) * np.linalg.norm(self.probe_gradient_)
-            scores = np.divide(scores, norms, out=np.full_like(scores, np.nan), where=norms > 0)
-        scores[~np.isfinite(scores)] = np.nan
+        gradients = candidates.gradients
+        probe_norm = float(np.linalg.norm(self.probe_gradient_))
+        scores = -(gradients.directions.astype(np.float64) @ (self.probe_gradient_ / probe_norm))  # minus the cosine
+        if self.similarity == "dot":
+            scores = scores * gradients.norms * probe_norm
+        scores[~(np.isfinite(gradients.norms) & (gradients.norms > 0))] = np.nan
         return scores
 
     def describe(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.tokenization import TokenizedPair, pad_right
+from ..data.tokenization import TokenizedPair, pad_right, response_positions
 from .features import decoder_layers, float32_reductions
 
 # objective(logits [B, K, V], input_ids [B, T], attention_mask [B, T], batch) -> per-example loss [B]; the logits
@@ -41,9 +41,8 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Tokeniz
 def response_nll(logits, input_ids, attention_mask, batch) -> torch.Tensor:
     """Token-mean negative log-likelihood of each sample's response tokens (what SFT trains on)."""
     first = input_ids.shape[1] - logits.shape[1]  # position of logits[:, 0]
-    positions = torch.arange(first + 1, input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-    prompt_len = torch.tensor([e.prompt_len for e in batch], device=input_ids.device).unsqueeze(1)
-    target_mask = ((positions >= prompt_len) & attention_mask[:, first + 1 :].bool()).float()
+    is_response = response_positions(list(batch), input_ids.shape[1]).to(input_ids.device)
+    target_mask = (is_response & attention_mask.bool())[:, first + 1 :].float()
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_nll = -log_probs.gather(-1, input_ids[:, first + 1 :].unsqueeze(-1)).squeeze(-1)
     return (token_nll * target_mask).sum(1) / target_mask.sum(1).clamp(min=1)
@@ -125,15 +124,39 @@ class CountSketchProjector:
 
 @dataclass
 class GradientFeatures:
-    """Projected per-example gradients [N, dim] (float16), rows aligned with `sample_idx`."""
+    """Projected per-example gradients, rows aligned with `sample_idx`, stored as unit directions [N, dim] (float16:
+    entries lie in [-1, 1], so storing cannot overflow however large a gradient is) and their norms [N] (float64).
+    A zero or non-finite norm marks a gradient no score can be computed from."""
 
     sample_idx: np.ndarray
     num_tokens: np.ndarray
-    vectors: np.ndarray
+    directions: np.ndarray
+    norms: np.ndarray
     zero_fraction: float = 0.0
 
+    @classmethod
+    def from_vectors(cls, sample_idx, num_tokens, vectors, zero_fraction: float = 0.0) -> GradientFeatures:
+        """Split [N, dim] projected gradients into directions and norms."""
+        directions, norms = _unit_rows(np.asarray(vectors, dtype=np.float64))
+        return cls(np.asarray(sample_idx), np.asarray(num_tokens), directions.astype(np.float16), norms, zero_fraction)
+
+    def vectors(self) -> np.ndarray:
+        """The projected gradients [N, dim] (float64)."""
+        return self.directions.astype(np.float64) * self.norms[:, None]
+
     def select(self, rows: np.ndarray) -> GradientFeatures:
-        return GradientFeatures(self.sample_idx[rows], self.num_tokens[rows], self.vectors[rows], self.zero_fraction)
+        return GradientFeatures(self.sample_idx[rows], self.num_tokens[rows], self.directions[rows], self.norms[rows],
+                                self.zero_fraction)  # fmt: skip
+
+
+def _unit_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit norm, norms); rows with a zero or non-finite norm become zeros."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    usable = np.isfinite(norms) & (norms > 0)
+    directions = np.zeros_like(vectors)
+    directions[usable] = vectors[usable] / norms[usable, None]
+    return directions, norms
 
 
 class _LinearIO:
@@ -239,7 +262,8 @@ class PerExampleGradients:
         self, examples: Sequence[TokenizedPair], objective: Objective = response_nll, desc: str = "Gradients"
     ) -> GradientFeatures:
         n = len(examples)
-        vectors = np.zeros((n, self.dim), dtype=np.float16)
+        directions = np.zeros((n, self.dim), dtype=np.float16)
+        norms = np.zeros(n, dtype=np.float64)
         order = sorted(range(n), key=lambda i: len(examples[i].input_ids))
         device = next(self.model.parameters()).device
         zero, total = 0, 0
@@ -251,11 +275,13 @@ class PerExampleGradients:
                 blocks = self.batch_gradients(batch, objective, device)
                 zero += sum(int((b == 0).all(0).sum()) for b in blocks)
                 total += sum(b.shape[1] for b in blocks)
-                vectors[rows] = self.projector(blocks).cpu().numpy().astype(np.float16)
+                unit, norms[rows] = _unit_rows(self.projector(blocks).double().cpu().numpy())
+                directions[rows] = unit.astype(np.float16)
         return GradientFeatures(
             np.array([e.sample_idx for e in examples], dtype=np.int64),
             np.array([len(e.input_ids) for e in examples], dtype=np.int64),
-            vectors,
+            directions,
+            norms,
             zero / max(total, 1),
         )
 
@@ -267,7 +293,7 @@ class PerExampleGradients:
         # of the earlier positions, a fifth of a small model's forward and backward, is skipped where supported.
         keep = {}
         if self._keeps_logit_window:
-            keep["logits_to_keep"] = input_ids.shape[1] - min(e.prompt_len for e in batch) + 1
+            keep["logits_to_keep"] = min(input_ids.shape[1], input_ids.shape[1] - min(e.prompt_len for e in batch) + 1)
         with torch.enable_grad(), self.io.recording():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **keep).logits
             losses = objective(logits, input_ids, attention_mask, batch)

@@ -64,10 +64,26 @@ class CandidateFeatures:
     texts: list[tuple[str, str]] | None = None
     examples: list[TokenizedPair] | None = None
 
+    def select(self, rows: np.ndarray) -> CandidateFeatures:
+        """Row subset (a boolean mask)."""
+        kept = np.flatnonzero(rows).tolist()
+        return CandidateFeatures(
+            self.sample_idx[rows], self.num_tokens[rows],
+            None if self.hidden is None else self.hidden.select(rows),
+            None if self.gradients is None else self.gradients.select(rows),
+            None if self.texts is None else [self.texts[i] for i in kept],
+            None if self.examples is None else [self.examples[i] for i in kept],
+        )  # fmt: skip
+
 
 @dataclass
 class ScoringResult:
-    """Scores and the decision for every scored sample, rows sorted by `sample_idx`."""
+    """Scores and the decision for every scored sample, rows sorted by `sample_idx`.
+
+    `unscorable` maps the sample_idx of each candidate no score could be computed for to the reason (a sequence with
+    no prompt/response boundary for a scorer that needs one, hidden states or a gradient that are not finite, a zero
+    gradient, a scorer's non-finite output); those samples are in neither `sample_idx` nor `scores`.
+    """
 
     sample_idx: np.ndarray
     num_tokens: np.ndarray
@@ -77,6 +93,7 @@ class ScoringResult:
     scorer_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     world_size: int = 1
+    unscorable: dict[int, str] = field(default_factory=dict)
 
 
 def score_and_decide(
@@ -99,7 +116,9 @@ def score_and_decide(
 
     The decision uses the first scorer's scores, or with `ensemble` (and several scorers) the mean of each scorer's
     percentile rank, reported as score `ensemble`. `policy=None` scores only: every sample is kept (the caller
-    decides, e.g. online filtering over scores gathered across re-scores).
+    decides, e.g. online filtering over scores gathered across re-scores). Candidates that cannot be scored never get
+    a score: they are listed in `ScoringResult.unscorable` with the reason, and no other sample's score depends on
+    them.
     """
     rank, world_size = rank_and_world_size()
     show = show_progress and rank == 0
@@ -131,8 +150,16 @@ def score_and_decide(
     timings["fit_seconds"] = sum(timings.values())
 
     start = time.perf_counter()
+    unscorable: dict[int, str] = {}
+    boundary_scorers = [s.name for s in fitted if getattr(s, "needs_prompt", False)]
+    if boundary_scorers:
+        why = f"no prompt/response boundary, which {', '.join(boundary_scorers)} compare"
+        unscorable = {e.sample_idx: why for e in candidates if e.prompt_len == 0}
+        candidates = [e for e in candidates if e.prompt_len > 0]
     shard = _shard(candidates, rank, world_size)
     local = _candidate_features(shard, fitted, extractor, gradients, tokenizer, timings)
+    usable, local_unscorable = _usable_rows(local)
+    local = local.select(usable)
     local_scores = {s.name: s.score(local) for s in fitted if not getattr(s, "transductive", False)}
     transductive = [s for s in fitted if getattr(s, "transductive", False)]
     # Transductive scorers (SAFT, SEAL) need every candidate at once: gather what they use, score on rank 0.
@@ -142,10 +169,12 @@ def score_and_decide(
         keys = {(layer, pooling) for r in requests for layer in r.layers for pooling in r.poolings}
         shared = {
             "hidden": {k: v for k, v in local.hidden.pooled.items() if k in keys} if keys else {},
-            "examples": shard if any(getattr(s, "needs_examples", False) for s in transductive) else None,
+            "examples": local.examples if any(getattr(s, "needs_examples", False) for s in transductive) else None,
         }
-    parts = gather_objects((local.sample_idx, local.num_tokens, local_scores, shared))
+    parts = gather_objects((local.sample_idx, local.num_tokens, local_scores, shared, local_unscorable))
     sample_idx, num_tokens, scores, first = _merge(parts)
+    for part in parts:
+        unscorable.update(part[4])
     info = {s.name: s.describe() for s in fitted if s not in transductive}
     if transductive:
         found = None
@@ -159,8 +188,15 @@ def score_and_decide(
         found = broadcast_object(found)
         scores.update(found[0])
         info.update(found[1])
-    scores = {s.name: scores[s.name] for s in fitted}
+    scores = {s.name: np.asarray(scores[s.name], dtype=np.float64) for s in fitted}
     info = {s.name: info[s.name] for s in fitted}
+    finite = np.ones(len(sample_idx), dtype=bool)
+    for name, values in scores.items():
+        for i in sample_idx[finite & ~np.isfinite(values)].tolist():
+            unscorable[int(i)] = f"{name} score is not finite"
+        finite &= np.isfinite(values)
+    sample_idx, num_tokens = sample_idx[finite], num_tokens[finite]
+    scores = {name: values[finite] for name, values in scores.items()}
     score_seconds = time.perf_counter() - start
 
     decided_on = fitted[0].name
@@ -183,6 +219,7 @@ def score_and_decide(
         scorer_info=info,
         timings=timings,
         world_size=world_size,
+        unscorable=dict(sorted(unscorable.items())),
     )
 
 
@@ -207,6 +244,7 @@ def _candidate_features(shard, scorers, extractor, gradients, tokenizer, timings
     features = CandidateFeatures(
         np.array([e.sample_idx for e in shard], dtype=np.int64),
         np.array([len(e.input_ids) for e in shard], dtype=np.int64),
+        examples=list(shard),
     )
     if requests:
         request = requests[0]
@@ -228,9 +266,31 @@ def _candidate_features(shard, scorers, extractor, gradients, tokenizer, timings
     return features
 
 
+def _usable_rows(features: CandidateFeatures) -> tuple[np.ndarray, dict[int, str]]:
+    """Rows whose features every scorer can use, and the reason for each other row: a hidden state that is not
+    finite (numeric overflow in the forward pass, e.g. under float16), a per-example gradient that is zero or not
+    finite. Left in, one such row would turn a transductive scorer's subspace or selector into NaN for every row."""
+    usable = np.ones(len(features.sample_idx), dtype=bool)
+    reasons: dict[int, str] = {}
+
+    def exclude(rows: np.ndarray, why: str) -> None:
+        for i in features.sample_idx[usable & rows].tolist():
+            reasons[int(i)] = why
+        usable[rows] = False
+
+    if features.hidden is not None:
+        for (layer, pooling), values in sorted(features.hidden.pooled.items()):
+            exclude(~np.isfinite(values).all(1), f"hidden state not finite (layer {layer}, {pooling})")
+    if features.gradients is not None:
+        norms = features.gradients.norms
+        exclude(~np.isfinite(norms), "per-example gradient not finite")
+        exclude(norms == 0, "per-example gradient is zero")
+    return usable, reasons
+
+
 def _shard(examples: Sequence[TokenizedPair], rank: int, world_size: int) -> list[TokenizedPair]:
     """Rank `rank`'s share, length-balanced; every rank gets the same count (padded with repeats, deduped later)."""
-    if world_size == 1:
+    if world_size == 1 or not examples:
         return list(examples)
     by_length = sorted(examples, key=lambda e: len(e.input_ids))
     shard = by_length[rank::world_size]

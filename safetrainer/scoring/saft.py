@@ -69,6 +69,7 @@ class SAFTScorer:
     """
 
     name = "saft"
+    needs_prompt = True
     transductive = True
 
     def __init__(

@@ -88,7 +88,8 @@ class SEALScorer:
         return None
 
     def score(self, candidates: CandidateFeatures) -> np.ndarray:
-        """Run the selector over all candidates; returns -w per candidate (higher = riskier)."""
+        """Run the selector over all candidates; returns -w per candidate (higher = riskier), NaN for a candidate whose
+        loss was not finite (left out of every step)."""
         context = self.context
         model, examples = context.model, candidates.examples
         safe = context.tokenize(self.safe_pairs)
@@ -104,6 +105,7 @@ class SEALScorer:
         optimizer = torch.optim.SGD(trainable, lr=self.model_lr)
         rng = random.Random(self.seed)
         pad_id = context.pad_token_id
+        unusable: set[int] = set()
         was_training = model.training
         model.eval()  # no dropout: the selector should see deterministic losses
         try:
@@ -114,9 +116,17 @@ class SEALScorer:
                 losses_seen = []
                 for start in tqdm(range(0, len(order), self.batch_size), desc=f"SEAL epoch {epoch + 1}",
                                   disable=not context.show_progress, unit="batch"):  # fmt: skip
-                    rows = order[start : start + self.batch_size]
+                    rows = [i for i in order[start : start + self.batch_size] if i not in unusable]
                     safe_batch = [safe[rng.randrange(len(safe))] for _ in rows]
                     sample_losses = _losses(model, [examples[i] for i in rows], pad_id, device)
+                    finite = torch.isfinite(sample_losses.detach()).tolist()
+                    if not all(finite):  # a NaN loss would poison the shared weights and every logit: leave it out
+                        unusable.update(i for i, ok in zip(rows, finite, strict=True) if not ok)
+                        rows = [i for i, ok in zip(rows, finite, strict=True) if ok]
+                        safe_batch = safe_batch[: len(rows)]
+                        if not rows:
+                            continue
+                        sample_losses = _losses(model, [examples[i] for i in rows], pad_id, device)
                     weights = len(examples) * torch.softmax(logits, 0)
                     batch_weights = weights[rows]
                     safe_loss = _losses(model, safe_batch, pad_id, device).mean()
@@ -136,7 +146,9 @@ class SEALScorer:
                 for param, value in zip(trainable, saved, strict=True):
                     param.copy_(value)
             model.train(was_training)
-        return -logits.detach().cpu().double().numpy()
+        scores = -logits.detach().cpu().double().numpy()
+        scores[sorted(unusable)] = np.nan
+        return scores
 
     def describe(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "model_lr": self.model_lr, "selector_lr": self.selector_lr,
