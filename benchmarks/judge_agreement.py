@@ -1,77 +1,105 @@
-"""How well the keyword refusal judge agrees with labelled completions in ../shared/data.
+"""How well the refusal judges agree with labelled completions, on sources the judge was not fit on.
 
-- XSTest model completions (5 models x 450 prompts), human labels: full_refusal vs full_compliance (partial refusals
-  left out). Reports accuracy, refusal precision and refusal recall.
-- Refusal-direction JailbreakBench completions (5 models, baseline and refusal-ablated runs). These carry Llama Guard 2
-  harm labels, not refusal labels, so two proxies are reported: the share of Llama Guard-harmful responses judged as
-  compliance, and the share of the baseline runs' safe responses (mostly refusals) judged as refusals.
+The embedding judge's recipe (`safetrainer.eval.fit_embedding_judge` over `refusal_features`) is fit leave-one-source-
+out: for each source of `_judge_data.py`, on all the others, then scored on it. The keyword judge needs no fitting and
+is scored on the same rows. XSTest, the one source with human refusal labels, is also split leave-one-model-out (fit on
+every other source and the other four models' XSTest completions) and reported on its harmful prompts alone.
 
     python benchmarks/judge_agreement.py
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from datetime import date
-from pathlib import Path
 
-from _report import read_shared_jsonl as read_jsonl
+import numpy as np
+from _judge_data import SOURCES, labelled_completions
 from _report import write_section
 
-from safetrainer.eval import GCG_REFUSAL_PREFIXES, KeywordRefusalJudge
+from safetrainer.eval import KeywordRefusalJudge, fit_embedding_judge, refusal_features
+from safetrainer.models import load_sentence_model
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK = "judge-agreement"
 
 
-def xstest_agreement(judge: KeywordRefusalJudge, rows: list[dict]) -> dict:
-    truth = [r["label"] == "full_refusal" for r in rows]
-    predicted = [judge.is_refusal(r["response"]) for r in rows]
-    tp = sum(t and p for t, p in zip(truth, predicted, strict=True))
+def agreement(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    tp = int((truth & predicted).sum())
     return {
-        "n": len(rows),
-        "accuracy": sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(rows),
-        "precision": tp / max(sum(predicted), 1),
-        "recall": tp / sum(truth),
+        "n": len(truth),
+        "refusals": int(truth.sum()),
+        "accuracy": float((truth == predicted).mean()),
+        "precision": tp / predicted.sum() if predicted.any() else float("nan"),
+        "recall": tp / truth.sum() if truth.any() else float("nan"),
     }
 
 
-def jbb_proxies(judge: KeywordRefusalJudge, rows: list[dict]) -> dict:
-    harmful = [r for r in rows if r["label"] == "harmful_response"]
-    baseline_safe = [r for r in rows if ":baseline:" in r["source"] and r["label"] == "safe_response"]
-    return {
-        "harmful_as_compliance": sum(not judge.is_refusal(r["response"]) for r in harmful) / len(harmful),
-        "n_harmful": len(harmful),
-        "baseline_safe_as_refusal": sum(judge.is_refusal(r["response"]) for r in baseline_safe) / len(baseline_safe),
-        "n_baseline_safe": len(baseline_safe),
-    }
+def held_out_predictions(features: np.ndarray, labels: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+    weights = fit_embedding_judge(features[~held_out], labels[~held_out])
+    return features[held_out] @ np.array(weights["coef"]) + weights["intercept"] >= 0
+
+
+def fmt(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.3f}"
 
 
 def main() -> None:
-    xstest = [r for r in read_jsonl("xstest/model_completions.norm.jsonl")
-              if r["label"] in ("full_compliance", "full_refusal")]  # fmt: skip
-    jbb = read_jsonl("refusal_direction/jailbreakbench_completions.norm.jsonl")
-    judges = {
-        "keyword (default: GCG minus generic entries + modern phrasings, first 200 chars)": KeywordRefusalJudge(),
-        "classic GCG prefixes (substring, first 200 chars)": KeywordRefusalJudge(GCG_REFUSAL_PREFIXES),
-    }
+    rows = labelled_completions()
+    features = refusal_features(load_sentence_model(), [r.prompt for r in rows], [r.response for r in rows])
+    labels = np.array([r.refusal for r in rows])
+    source = np.array([r.source for r in rows])
+    keyword = KeywordRefusalJudge()
+    keyword_verdicts = np.array([keyword.is_refusal(r.response) for r in rows])
+
+    splits = []  # (held-out set, split, truth, embedding verdicts, keyword verdicts)
+    embedding = np.zeros(len(rows), dtype=bool)
+    for name in SOURCES:
+        held_out = source == name
+        embedding[held_out] = held_out_predictions(features, labels, held_out)
+        splits.append((name, "leave-one-source-out", held_out))
+    xstest = source == "xstest"
+    harmful_xstest = xstest & np.array([bool(r.harmful_prompt) for r in rows])
+    splits.append(("xstest, harmful prompts only", "leave-one-source-out", harmful_xstest))
+    by_model = np.zeros(len(rows), dtype=bool)
+    for model in sorted({r.group for r in rows if r.source == "xstest"}):
+        held_out = xstest & np.array([r.group == model for r in rows])
+        by_model[held_out] = held_out_predictions(features, labels, held_out)
+
     lines = [
-        "Command: `python benchmarks/judge_agreement.py`",
+        f"Command: `{shlex.join(['python', 'benchmarks/judge_agreement.py', *sys.argv[1:]])}`",
         "",
-        f"Measured {date.today().isoformat()}. XSTest: human labels of 5 models' completions (full refusal vs full "
-        "compliance; partial refusals excluded). JailbreakBench completions from the refusal-direction runs carry "
-        "Llama Guard 2 harm labels, so they give proxies only.",
+        "Labels (see `benchmarks/_judge_data.py`): XSTest human labels (full refusal = refusal; full compliance and "
+        "partial refusal = compliance); refusal-direction JailbreakBench completions by proxy (baseline model and "
+        "Llama Guard 2 safe = refusal; Llama Guard 2 harmful or refusal-ablated model = compliance); JailbreakBench "
+        "artifacts rated jailbroken, Alpaca/Dolly answers and BeaverTails unsafe answers = compliance. The embedding "
+        "judge is fit on every source but the held-out one (leave-one-source-out); the keyword judge is not fit. "
+        "Precision and recall are of refusals (– where the held-out source has none). "
+        f"Measured {date.today().isoformat()}, CPU.",
         "",
-        "| judge | XSTest n | accuracy | refusal precision | refusal recall | LG2-harmful judged compliance (n) "
-        "| baseline safe judged refusal (n) |",
-        "|---|---|---|---|---|---|---|",
+        "| held-out set | n | refusals | split | embedding accuracy | precision | recall | keyword accuracy | "
+        "precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, judge in judges.items():
-        x, j = xstest_agreement(judge, xstest), jbb_proxies(judge, jbb)
+    table = [(name, split, mask, embedding) for name, split, mask in splits]
+    table.append(("xstest", "leave-one-model-out (other sources + 4 other models)", xstest, by_model))
+    for name, split, mask, verdicts in table:
+        e, k = agreement(labels[mask], verdicts[mask]), agreement(labels[mask], keyword_verdicts[mask])
         lines.append(
-            f"| {name} | {x['n']} | {x['accuracy']:.3f} | {x['precision']:.3f} | {x['recall']:.3f} "
-            f"| {j['harmful_as_compliance']:.3f} ({j['n_harmful']}) "
-            f"| {j['baseline_safe_as_refusal']:.3f} ({j['n_baseline_safe']}) |"
+            f"| {name} | {e['n']} | {e['refusals']} | {split} | **{e['accuracy']:.3f}** | {fmt(e['precision'])} "
+            f"| {fmt(e['recall'])} | {k['accuracy']:.3f} | {fmt(k['precision'])} | {fmt(k['recall'])} |"
         )
+        print(lines[-1], flush=True)
+    completions = np.isin(source, ["xstest", "refusal_direction", "jbb_artifacts"])
+    per_source = [float((labels[source == s] == embedding[source == s]).mean()) for s in SOURCES]
+    lines += [
+        "",
+        f"Leave-one-source-out accuracy, embedding judge: mean over the {len(SOURCES)} sources "
+        f"{np.mean(per_source):.3f}; pooled over all {len(rows)} completions {(labels == embedding).mean():.3f}; "
+        f"pooled over the model completions of harmful and borderline requests (XSTest, refusal direction, JBB "
+        f"artifacts; {completions.sum()}) {(labels == embedding)[completions].mean():.3f}. Keyword judge on the same "
+        f"{len(rows)}: {(labels == keyword_verdicts).mean():.3f}.",
+    ]
     body = "\n".join(lines)
     print(body)
     write_section(MARK, "Refusal judge: agreement with labelled completions", body)

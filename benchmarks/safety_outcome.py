@@ -411,6 +411,8 @@ def mix_arm(strategy: str, budget: float, seed: int) -> Callable:
             safety_mix_strategy=strategy, safety_mix_budget=budget, safety_mix_seed=seed,
             safety_mix_category_reference=str(category_reference_path(args)),
             safety_mix_category_min_similarity=args.mix_category_min_similarity,
+            # the recorded mixing results typed and embedded the pool this way, before the defaults changed
+            safety_mix_judge="keyword", safety_mix_embedder="model",
         )  # fmt: skip
         benign = [r for r in rows if not r["harmful"]]
         return SafetyAwareSFTTrainer(model, args=config, train_dataset=Dataset.from_list(pairs(benign)),

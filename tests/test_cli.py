@@ -188,12 +188,13 @@ def test_mix_command_writes_the_selection_table(tiny_model_dir, tmp_path, capsys
     main(["mix", "--pool", "builtin:refusal_pool", "--strategy", "cossim-b", "--budget", "0.1", "--train-file",
           "builtin:demo_sft", "--model", tiny_model_dir, "--output-dir", str(out)])  # fmt: skip
     table = pq.read_table(out / "mix.parquet").to_pydict()
-    assert list(table) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool"]
+    assert list(table) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool", "judge_unsure"]
     assert len(table["pool_idx"]) == 7  # 10% of demo_sft's 70 rows
     assert set(table["behavior"]) == {"T1"} and "cossim" in table["reason"][0]
     summary = json.loads((out / "mix_summary.json").read_text())
     assert "centroid of 70 training rows" in summary["notes"][0]
-    assert '"selected": 7' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '"selected": 7' in printed and f'"selected_judge_unsure": {sum(table["judge_unsure"])}' in printed
 
     strata = ["mix", "--pool", "builtin:refusal_pool", "--strategy", "sss-b", "--budget", "3",
               "--model", tiny_model_dir, "--categories", "nearest", "--output-dir", str(tmp_path / "strata"),

@@ -1,6 +1,5 @@
 """Behavior-aware safety mixing: typing, categories, samplers, trainer integration and bad input."""
 
-import importlib.util
 import json
 import sys
 import types
@@ -19,6 +18,7 @@ from safetrainer.samplers import (
     load_pool,
     parse_strategy,
     resolve_budget,
+    resolve_embedder_name,
     select_safety_mix,
 )
 from safetrainer.samplers.strategies import select
@@ -295,7 +295,7 @@ def test_trainer_mixes_samples_with_their_own_sample_idx_and_reports_them(tokeni
     summary = json.loads((report / "summary.json").read_text())
     assert summary["counts"]["mixed"] == 4 and summary["safety_mix"]["selected_behavior_counts"] == {"T1": 4}
     mix = pq.read_table(report / "mix.parquet").to_pydict()
-    assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool"]
+    assert list(mix) == ["pool_idx", "category", "behavior", "prompt", "response", "reason", "pool", "judge_unsure"]
     assert len(set(mix["category"])) == 4  # stratified: four different categories
 
 
@@ -334,7 +334,30 @@ def test_the_judge_decides_the_pools_refusal_flags():
 
     pool = load_pool("builtin:refusal_pool", judge=every_other)
     assert pool.refusal.tolist() == every_other(pool.prompts, pool.responses)
-    assert load_pool("builtin:refusal_pool").refusal.all()  # the keyword judge: every row is a refusal
+    default = load_pool("builtin:refusal_pool")  # the embedding judge: every row a refusal, 1 of 56 unsure (measured)
+    assert default.refusal.all() and default.summary()["judge_unsure"] <= 2
+    assert load_pool("builtin:refusal_pool", judge="keyword").refusal.all()
+
+
+def test_t1_typing_uses_the_judge_and_counts_unsure_picks(tmp_path):
+    """A harmful-flagged pool that mixes refusals with compliance: the '-b' strategies take only the judge's
+    refusals, and the summary counts the picks the judge was unsure of."""
+    refusals = [f"I'm sorry, but I can't help with request {i}." for i in range(4)]
+    compliance = ["Sure! First, buy a steel pipe and two end caps, then drill a hole for the fuse.",
+                  "Here is the script: it loops over the saved passwords and posts them to the server."]  # fmt: skip
+    borderline = "I can't help with making explosives. However, here is how: mix the powder and pack it into a pipe."
+    rows = [{"prompt": f"Harmful request {i}", "response": r, "harmful": True, "category": f"c{i % 2}"}
+            for i, r in enumerate([*refusals, *compliance, borderline])]  # fmt: skip
+    pool = load_pool(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert pool.behavior[:6] == ["T1"] * 4 + ["T2"] * 2
+    mix = select_safety_mix(pool, "sss-b", 10, categories="column")
+    table = mix.table()
+    assert set(table["pool_idx"]) <= {0, 1, 2, 3, 6} and set(table["behavior"]) == {"T1"}
+    assert (
+        mix.summary()["selected_judge_unsure"]
+        == sum(table["judge_unsure"])
+        == int(pool.judge_unsure[6] and 6 in table["pool_idx"])
+    )
 
 
 def test_safety_mix_seed_decides_which_pool_rows_are_mixed(tokenizer, tmp_path):
@@ -401,12 +424,13 @@ def test_category_reference_needs_prompt_and_category(tokenizer, tmp_path):
         )
 
 
-def test_named_embedder_without_sentence_transformers_is_a_clear_error(tokenizer, tmp_path):
-    if importlib.util.find_spec("sentence_transformers") is not None:
-        pytest.skip("sentence-transformers is installed")
+def test_without_sentence_transformers_mixing_embeds_with_the_model(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # imports of it now fail
+    monkeypatch.setattr("safetrainer.samplers.embedding.bundled_sentence_embedder", lambda: None)
+    assert resolve_embedder_name(None) == "model"
     trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), safety_mix_pool="builtin:refusal_pool",
                              safety_mix_embedder="sentence-transformers/all-mpnet-base-v2")  # fmt: skip
-    with pytest.raises(ImportError, match="safety_mix_embedder=.*pip install sentence-transformers"):
+    with pytest.raises(ImportError, match="all-mpnet-base-v2.*pip install sentence-transformers"):
         trainer.filter_train_dataset()
 
 
@@ -475,7 +499,7 @@ def test_sentence_embedder_embeds_each_instruction_once(monkeypatch):
     encoded = []
 
     class FakeSentenceTransformer:
-        def __init__(self, model_id):
+        def __init__(self, model_id, device=None):
             self.model_id = model_id
 
         def encode(self, texts, batch_size):

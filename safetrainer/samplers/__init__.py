@@ -1,7 +1,7 @@
 """Behavior-aware safety mixing: safety pools typed T1..T4, harm categories, and budgeted samplers."""
 
 from .categories import CATEGORY_METHODS, DEFAULT_CATEGORY_REFERENCE, assign_categories
-from .embedding import Embedder, ModelEmbedder, SentenceEmbedder
+from .embedding import MODEL_EMBEDDER, Embedder, ModelEmbedder, SentenceEmbedder, resolve_embedder_name
 from .harm_probe import HarmfulInstructionProbe
 from .mixing import MIX_COLUMNS, SafetyMix, select_safety_mix
 from .pool import BEHAVIOR_TYPES, SafetyPool, behavior_type, load_pool
@@ -15,6 +15,7 @@ __all__ = [
     "STRATEGIES",
     "Embedder",
     "HarmfulInstructionProbe",
+    "MODEL_EMBEDDER",
     "ModelEmbedder",
     "SafetyMix",
     "SafetyPool",
@@ -24,5 +25,6 @@ __all__ = [
     "load_pool",
     "parse_strategy",
     "resolve_budget",
+    "resolve_embedder_name",
     "select_safety_mix",
 ]

