@@ -5,7 +5,15 @@ import torch
 
 from safetrainer.cli import main
 from safetrainer.data import chat_pair, tokenize_pair
-from safetrainer.eval import PromptSet, evaluate_refusals, generate, load_prompts, refusal_metrics, response_nll
+from safetrainer.eval import (
+    EmbeddingRefusalJudge,
+    PromptSet,
+    evaluate_refusals,
+    generate,
+    load_prompts,
+    refusal_metrics,
+    response_nll,
+)
 from safetrainer.eval.evaluate import gsm8k_answer
 
 from .conftest import SHARED_DATA
@@ -189,6 +197,7 @@ def test_safety_eval_callback_defaults_and_attachment(tokenizer, tmp_path):
 
     callback = SafetyEvalCallback(eval_steps=1, max_new_tokens=2)
     assert len(callback.harmful_prompts) == 20 and len(callback.safe_prompts) == 20
+    assert isinstance(callback.judge, EmbeddingRefusalJudge)
     with pytest.raises(ValueError, match="eval_steps"):
         SafetyEvalCallback(eval_steps=0)
     args = SFTConfig(

@@ -424,6 +424,18 @@ def test_category_reference_needs_prompt_and_category(tokenizer, tmp_path):
         )
 
 
+def test_mixing_embedder_choice(tokenizer, tmp_path, monkeypatch):
+    """Unset: the bundled MiniLM (installed with safetrainer); "model": the training model's hidden states."""
+    assert resolve_embedder_name(None) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolve_embedder_name("model") == "model"
+    built = []
+    monkeypatch.setattr("safetrainer.trainer.ModelEmbedder", lambda *a, **k: built.append(k) or KeywordEmbedder())
+    trainer = safety_trainer(tokenizer, tmp_path, alpaca_rows(4), safety_mix_pool="builtin:refusal_pool",
+                             safety_mix_strategy="pss-b", safety_mix_budget=2, safety_mix_embedder="model")  # fmt: skip
+    trainer.filter_train_dataset()
+    assert len(built) == 1 and trainer.safety_mix.summary()["selected"] == 2
+
+
 def test_without_sentence_transformers_mixing_embeds_with_the_model(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # imports of it now fail
     monkeypatch.setattr("safetrainer.samplers.embedding.bundled_sentence_embedder", lambda: None)

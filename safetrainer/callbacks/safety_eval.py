@@ -29,7 +29,8 @@ class SafetyEvalCallback(TrainerCallback):
             (`builtin:safety_probes`, 20 harmful + 20 safe-but-sensitive-sounding prompts) is used.
         eval_steps: evaluate every this many optimizer steps (and always at the last step).
         max_new_tokens, batch_size: generation budget per probe and batch size.
-        judge: `"keyword"`, a callable `(prompts, responses) -> list[bool]`, or a judge model id.
+        judge: `"embedding"` (the default judge), `"keyword"`, a callable `(prompts, responses) -> list[bool]`, or a
+            judge model id.
 
     `SafetyAwareSFTTrainer` attaches itself to this callback. With TRL's `SFTTrainer`, call `callback.attach(trainer)`
     after building the trainer.
@@ -42,7 +43,7 @@ class SafetyEvalCallback(TrainerCallback):
         eval_steps: int = 50,
         max_new_tokens: int = 32,
         batch_size: int = 16,
-        judge="keyword",
+        judge="embedding",
     ):
         if eval_steps < 1:
             raise ValueError(f"eval_steps: must be >= 1, got {eval_steps}.")
