@@ -18,7 +18,7 @@ import numpy as np
 from _judge_data import SOURCES, labelled_completions
 from _report import write_section
 
-from safetrainer.eval import KeywordRefusalJudge, fit_embedding_judge, refusal_features
+from safetrainer.eval import EmbeddingRefusalJudge, KeywordRefusalJudge, fit_embedding_judge, refusal_features
 from safetrainer.models import load_sentence_model
 
 MARK = "judge-agreement"
@@ -36,8 +36,8 @@ def agreement(truth: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def held_out_predictions(features: np.ndarray, labels: np.ndarray, held_out: np.ndarray) -> np.ndarray:
-    weights = fit_embedding_judge(features[~held_out], labels[~held_out])
-    return features[held_out] @ np.array(weights["coef"]) + weights["intercept"] >= 0
+    judge = EmbeddingRefusalJudge(weights=fit_embedding_judge(features[~held_out], labels[~held_out]))
+    return judge.probability_of_features(features[held_out]) >= judge.threshold
 
 
 def fmt(value: float) -> str:

@@ -14,7 +14,7 @@ from datetime import date
 import numpy as np
 from _judge_data import labelled_completions
 
-from safetrainer.eval import fit_embedding_judge, refusal_features, save_judge
+from safetrainer.eval import EmbeddingRefusalJudge, fit_embedding_judge, refusal_features, save_judge
 from safetrainer.eval.embedding_judge import DEFAULT_JUDGE_FILE
 from safetrainer.models import DEFAULT_SENTENCE_EMBEDDER, load_sentence_model
 
@@ -31,7 +31,8 @@ def main() -> None:
         embedder=DEFAULT_SENTENCE_EMBEDDER,
         training_counts={f"{source}:{label}": n for (source, label), n in sorted(counts.items())},
     )  # fmt: skip
-    train_accuracy = float(((features @ np.array(weights["coef"]) + weights["intercept"] > 0) == labels).mean())
+    judge = EmbeddingRefusalJudge(weights=weights)
+    train_accuracy = float(((judge.probability_of_features(features) >= judge.threshold) == labels).mean())
     print(f"{len(rows)} completions ({labels.sum()} refusals); training accuracy {train_accuracy:.3f}; wrote {path}")
 
 

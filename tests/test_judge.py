@@ -63,6 +63,8 @@ def test_load_judge_and_length_check():
         return [True] * len(responses)
 
     assert load_judge(always) is always
+    with pytest.raises(ValueError, match="refusal judge 'keywrod': allowed are 'embedding', 'keyword'"):
+        load_judge("keywrod")
     assert judge_pairs(always, ["a", "b"], ["x", "y"]) == [True, True]
     with pytest.raises(ValueError, match="1 verdicts for 2 responses"):
         judge_pairs(lambda p, r: [True], ["a", "b"], ["x", "y"])

@@ -6,7 +6,6 @@ from .generation import generate
 from .judge import (
     DEFAULT_REFUSAL_PHRASES,
     GCG_REFUSAL_PREFIXES,
-    JUDGES,
     ClassifierRefusalJudge,
     GuardRefusalJudge,
     KeywordRefusalJudge,
@@ -21,7 +20,6 @@ __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
     "GCG_REFUSAL_PREFIXES",
     "SUITES",
-    "JUDGES",
     "ClassifierRefusalJudge",
     "EmbeddingRefusalJudge",
     "GuardRefusalJudge",

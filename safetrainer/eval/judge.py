@@ -17,7 +17,6 @@ from typing import Protocol
 import numpy as np
 
 logger = logging.getLogger(__name__)
-JUDGES = ("embedding", "keyword")  # built-in judges by name; anything else is a model id or directory
 
 # GCG's `test_prefixes` (llm-attacks), the strings ASR is traditionally computed with.
 GCG_REFUSAL_PREFIXES = (
@@ -147,7 +146,14 @@ def load_judge(spec: str | RefusalJudge | None = None) -> RefusalJudge:
         return spec
     from transformers import AutoConfig
 
-    architectures = getattr(AutoConfig.from_pretrained(spec), "architectures", None) or []
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except OSError as err:  # a typo of a built-in name ends up here as a Hub id that does not exist
+        raise ValueError(
+            f"refusal judge {spec!r}: allowed are 'embedding', 'keyword', a callable, or a model id or directory "
+            f"with a config.json; loading it as a model failed ({err})."
+        ) from err
+    architectures = getattr(config, "architectures", None) or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return ClassifierRefusalJudge(spec)
     return GuardRefusalJudge(spec)

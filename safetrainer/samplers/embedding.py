@@ -78,7 +78,6 @@ class SentenceEmbedder:
     "instruction\\nresponse". Instruction embeddings are kept by prompt text, as in `ModelEmbedder`."""
 
     def __init__(self, model_id: str = DEFAULT_SENTENCE_EMBEDDER, batch_size: int = 32):
-        self.model_id = model_id
         self.model = load_sentence_model(model_id)
         self.batch_size = batch_size
         self._instructions: dict[str, np.ndarray] = {}
